@@ -1,0 +1,114 @@
+"""The `nixslave` command line: verb groups dispatched through one table.
+
+Every error that nixslave raises on purpose (and every netconf error, which
+carries the same where/what/hint attributes without importing nixslave) ends
+as one line on stderr and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import typer
+
+from nixslave.cli._common import state
+
+app = typer.Typer(
+    name="nixslave",
+    help="Build, materialize and repair NixOS machines that are configured from the outside.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# verb group -> module under nixslave.cli that defines `app`
+GROUPS: dict[str, tuple[str, str]] = {
+    "root": ("nixslave.cli.root", "Build and prepare profile-less roots."),
+    "image": ("nixslave.cli.image", "Build, inspect, upgrade and repair images."),
+    "net": ("nixslave.cli.net", "Plan, render and draw network topologies."),
+    "gc": ("nixslave.cli.gc", "Host GC roots that keep guest closures alive."),
+}
+# single commands -> (module, function)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("nixslave.cli.doctor", "doctor"),
+    "run": ("nixslave.cli.run", "run"),
+}
+
+
+@app.callback()
+def _root_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    state.debug = debug
+
+
+def _register() -> None:
+    for name, (module, help_text) in GROUPS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(mod.app, name=name, help=help_text)
+    for name, (module, func) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.command(name=name)(getattr(mod, func))
+
+
+_register()
+
+
+def _is_ours(exc: BaseException) -> bool:
+    return all(hasattr(exc, a) for a in ("where", "what", "hint"))
+
+
+def format_error(exc: BaseException) -> str:
+    """One line: where, what and a hint."""
+    layer = getattr(exc, "layer", "error")
+    where = getattr(exc, "where", "")
+    what = getattr(exc, "what", str(exc))
+    hint = getattr(exc, "hint", "")
+    line = f"nixslave {layer}: " + (f"{where}: " if where else "") + " ".join(str(what).split())
+    if hint:
+        line += f" (hint: {hint})"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("nixslave: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("nixslave: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one place that turns errors into exit codes
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return 2
+        if state.debug:
+            traceback.print_exc()
+        if _is_ours(exc):
+            print(format_error(exc), file=sys.stderr)
+            return 2
+        if state.debug:
+            return 1
+        print(f"nixslave: internal error: {type(exc).__name__}: {exc} "
+              "(hint: rerun with --debug and report it)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,148 @@
+"""Addresses and MACs by stable key.
+
+The NixOS test driver renumbers machines whenever one is added, so anything
+derived from a position would change an existing guest's addresses. Here an
+element's home slot is a hash of its name; only a hash collision moves it,
+and collisions are settled in declaration order, so appending a node or a
+link never moves anything that existed before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+
+from .errors import TopologyError
+
+
+def h64(*parts: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest(), "big"
+    )
+
+
+class SubnetPool:
+    """Hands out subnets of a pool; slots of several lengths may coexist."""
+
+    def __init__(self, pool: str, role: str) -> None:
+        self.net = ipaddress.ip_network(pool)
+        self.role = role
+        self.bits = self.net.max_prefixlen
+        self.base = int(self.net.network_address)
+        self.used: dict[int, set[int]] = {}
+        self.blocked: list[tuple[int, int]] = []
+
+    def block(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        """Keep a static prefix out of dynamic allocation."""
+        if prefix.version == self.net.version and prefix.overlaps(self.net):  # type: ignore[arg-type]
+            self.blocked.append((int(prefix.network_address), int(prefix.broadcast_address)))
+
+    def _free(self, plen: int, slot: int) -> bool:
+        lo = self.base + (slot << (self.bits - plen))
+        hi = lo + (1 << (self.bits - plen)) - 1
+        for blo, bhi in self.blocked:
+            if blo <= hi and lo <= bhi:
+                return False
+        for other, used in self.used.items():
+            if other == plen:
+                if slot in used:
+                    return False
+            elif other < plen:
+                if (slot >> (plen - other)) in used:
+                    return False
+            else:
+                shift = other - plen
+                if len(used) < (1 << shift):
+                    if any((s >> shift) == slot for s in used):
+                        return False
+                elif any((slot << shift) + k in used for k in range(1 << shift)):
+                    return False
+        return True
+
+    def take(self, key: str, plen: int, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        if plen < self.net.prefixlen:
+            raise TopologyError(
+                f"a /{plen} does not fit in the {self.role} pool {self.net}", where=where,
+                hint=f"use a longer prefix or a larger pools.{self.role}",
+            )
+        nslots = 1 << (plen - self.net.prefixlen)
+        used = self.used.setdefault(plen, set())
+        slot = h64(key) % nslots
+        for _ in range(min(nslots, 1 << 20)):
+            if self._free(plen, slot):
+                used.add(slot)
+                return ipaddress.ip_network((self.base + (slot << (self.bits - plen)), plen))
+            slot = (slot + 1) % nslots
+        raise TopologyError(
+            f"the {self.role} pool {self.net} is exhausted (no free /{plen} left)",
+            where=where, hint=f"enlarge pools.{self.role} or give some links static prefixes",
+        )
+
+
+class HostSlots:
+    """Host numbers inside one subnet."""
+
+    def __init__(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        self.prefix = prefix
+        size = prefix.num_addresses
+        if size <= 2:  # RFC 3021 /31 and RFC 6164 /127: both addresses are usable
+            self.first, self.count = 0, size
+        else:
+            self.first = 1
+            self.count = size - 2 if prefix.version == 4 else size - 1
+        self.used: set[int] = set()
+
+    def reserve(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        self.used.add(int(ip) - int(self.prefix.network_address))
+
+    def take_seq(self, where: str) -> int:
+        for k in range(self.first, self.first + self.count):
+            if k not in self.used:
+                self.used.add(k)
+                return k
+        raise self._full(where)
+
+    def take_hash(self, key: str, where: str, fixed: int | None = None) -> int:
+        if fixed is not None:
+            if not (self.first <= fixed < self.first + self.count):
+                raise TopologyError(
+                    f"fixed id {fixed} does not fit in {self.prefix}", where=where,
+                    hint="use a smaller id or a shorter prefix",
+                )
+            if fixed in self.used:
+                raise TopologyError(
+                    f"fixed id {fixed} collides with another address in {self.prefix}",
+                    where=where, hint="give the nodes different ids",
+                )
+            self.used.add(fixed)
+            return fixed
+        if len(self.used) >= self.count:
+            raise self._full(where)
+        k = self.first + h64(key) % self.count
+        while k in self.used:
+            k += 1
+            if k >= self.first + self.count:
+                k = self.first
+        self.used.add(k)
+        return k
+
+    def iface(self, k: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        return ipaddress.ip_interface((int(self.prefix.network_address) + k, self.prefix.prefixlen))
+
+    def _full(self, where: str) -> TopologyError:
+        return TopologyError(
+            f"prefix {self.prefix} has no free host address left", where=where,
+            hint="use a shorter prefix for this link or segment",
+        )
+
+
+def mac_for(topology: str, node: str, iface_key: str, salt: int = 0) -> str:
+    """Locally administered unicast MAC from a hash: the guest's networkd
+    matches on it, so it must be the same on every run and every backend."""
+    b = bytearray(
+        hashlib.blake2b(
+            f"{topology}\x00{node}\x00{iface_key}\x00{salt}".encode(), digest_size=6
+        ).digest()
+    )
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)

@@ -1,0 +1,231 @@
+"""The input model: what a person writes to describe a network.
+
+The model is deliberately strict (``extra="forbid"``) because a typo in a
+topology file otherwise silently produces a different network; every
+pydantic error is turned into a TopologyError that names the element.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HOSTNAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,46}[a-z0-9])?$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+NodeKind = Literal["vm", "container", "router", "host"]
+
+
+def check_hostname(name: str) -> str:
+    if not HOSTNAME_RE.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid host name (lower-case letters, digits and '-', "
+            "starting with a letter, at most 48 characters)"
+        )
+    return name
+
+
+def check_ifname(name: str) -> str:
+    if len(name) > 15:
+        raise ValueError(f"interface name {name!r} is longer than 15 characters")
+    if not IFNAME_RE.match(name) or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a valid interface name")
+    return name
+
+
+def check_mac(mac: str) -> str:
+    mac = mac.lower().replace("-", ":")
+    if not MAC_RE.match(mac):
+        raise ValueError(f"{mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
+    if int(mac[:2], 16) & 1:
+        raise ValueError(f"{mac!r} is a multicast MAC address; a NIC needs a unicast one")
+    return mac
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Pools(_Strict):
+    """Where dynamic addresses come from; each role has its own pool so that
+    prefixes can be read at a glance (a /31 from p2p4 is always a link)."""
+
+    p2p4: str = "10.64.0.0/10"
+    lan4: str = "10.128.0.0/9"
+    loopback4: str = "10.0.0.0/16"
+    mgmt4: str = "10.1.0.0/16"
+    p2p6: str = "2001:db8:ff::/64"
+    lan6: str = "2001:db8:100::/40"
+    loopback6: str = "2001:db8:ff:1::/64"
+    mgmt6: str = "2001:db8:fe::/64"
+
+    @field_validator("p2p4", "lan4", "loopback4", "mgmt4")
+    @classmethod
+    def _v4(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 4:
+            raise ValueError(f"{v!r} is not an IPv4 prefix")
+        return str(net)
+
+    @field_validator("p2p6", "lan6", "loopback6", "mgmt6")
+    @classmethod
+    def _v6(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 6:
+            raise ValueError(f"{v!r} is not an IPv6 prefix")
+        return str(net)
+
+
+class Node(_Strict):
+    kind: NodeKind = "vm"
+    id: int | None = Field(default=None, ge=1, le=65534)
+    gateway: str | None = None
+    loopback: bool | None = None
+
+
+class Segment(_Strict):
+    prefix4: str | None = None
+    prefix6: str | None = None
+    prefix_len4: int | None = Field(default=None, ge=8, le=30)
+    prefix_len6: int | None = Field(default=None, ge=48, le=126)
+    mtu: int | None = Field(default=None, ge=68, le=65535)
+
+    @field_validator("prefix4", "prefix6")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.ip_network(v, strict=True))
+
+
+class Endpoint(_Strict):
+    node: str
+    ifname: str | None = None
+    mac: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+    @field_validator("ifname")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        return None if v is None else check_ifname(v)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        return None if v is None else check_mac(v)
+
+    @field_validator("ipv4", "ipv6")
+    @classmethod
+    def _iface(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if "/" not in v:
+            raise ValueError(f"{v!r} needs a prefix length (address/len)")
+        return str(ipaddress.ip_interface(v))
+
+
+class Link(_Strict):
+    """A point-to-point link between two nodes, or a node's leg on a segment."""
+
+    endpoints: list[Endpoint] = Field(min_length=2, max_length=2)
+    name: str | None = None
+    prefix4: str | None = None
+    prefix6: str | None = None
+    prefix_len4: int | None = Field(default=None, ge=30, le=31)
+    prefix_len6: int | None = Field(default=None, ge=64, le=127)
+    mtu: int | None = Field(default=None, ge=68, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brief(cls, data: Any) -> Any:
+        # `[a, b]` is the brief form; endpoints may be bare names too
+        if isinstance(data, list | tuple):
+            data = {"endpoints": list(data)}
+        if isinstance(data, dict) and isinstance(data.get("endpoints"), list):
+            data = dict(data)
+            data["endpoints"] = [
+                {"node": e} if isinstance(e, str) else e for e in data["endpoints"]
+            ]
+        return data
+
+    @field_validator("prefix4", "prefix6")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.ip_network(v, strict=True))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_hostname(v)
+
+
+class StaticRoute(_Strict):
+    node: str
+    to: str
+    via: str
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        return str(ipaddress.ip_network(v, strict=True))
+
+    @field_validator("via")
+    @classmethod
+    def _via(cls, v: str) -> str:
+        return str(ipaddress.ip_address(v))
+
+
+class Topology(_Strict):
+    """A whole network: the single description every backend is wired from."""
+
+    name: str
+    nodes: dict[str, Node] = Field(default_factory=dict)
+    segments: dict[str, Segment] = Field(default_factory=dict)
+    links: list[Link] = Field(default_factory=list)
+    pools: Pools = Field(default_factory=Pools)
+    ipv4: bool = True
+    ipv6: bool = True
+    p2p_prefix_len4: Literal[30, 31] = 31
+    p2p_prefix_len6: Literal[64, 127] = 127
+    lan_prefix_len4: int = Field(default=24, ge=8, le=30)
+    lan_prefix_len6: int = Field(default=64, ge=48, le=126)
+    mtu: int = Field(default=1500, ge=68, le=65535)
+    routing: Literal["static", "none"] = "static"
+    management: bool = False
+    routes: list[StaticRoute] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_hostname(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists(cls, data: Any) -> Any:
+        # nodes/segments may be given as a list of names when they need no options
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("nodes", "segments"):
+                val = data.get(key)
+                if isinstance(val, list):
+                    out: dict[str, Any] = {}
+                    for item in val:
+                        if isinstance(item, str):
+                            out[item] = {}
+                        elif isinstance(item, dict) and "name" in item:
+                            rest = dict(item)
+                            out[str(rest.pop("name"))] = rest
+                        else:
+                            raise ValueError(f"{key} entries must be names or have a 'name'")
+                    data[key] = out
+                elif isinstance(val, dict):
+                    data[key] = {k: ({} if v is None else v) for k, v in val.items()}
+        return data
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of topology files, for editors and other tools."""
+    return Topology.model_json_schema()

@@ -1,0 +1,198 @@
+# A NixOS-shaped system built offline from host files, without nixpkgs.
+#
+# It stands in for a real NixOS toplevel so that every host-side path of
+# nixslave (closures, disks, boot, store layouts, networking) runs for real
+# on a machine that has Nix but no nixpkgs.  It is not NixOS: stage 1 is the
+# host's initramfs-tools initrd plus a small nixslave hook, stage 2 is a
+# busybox script.
+{
+  name ? "demo",
+  system ? builtins.currentSystem,
+  kernelPath,                 # e.g. /boot/vmlinuz-6.1.0-56-amd64
+  initrdPath,                 # the matching initramfs-tools initrd
+  modulesPath,                # /lib/modules/<version> of that kernel
+  busyboxPath ? "/bin/busybox",
+  networkScript ? "",         # rendered by nixslave.netconf for this node
+  pingPeers ? [ ],            # addresses the guest pings after boot
+  halt ? true,                # power off after boot (true) or keep running
+  kernelParams ? [ "console=ttyS0,115200" "panic=-1" "loglevel=4" ],
+}:
+let
+  importFile = n: p: builtins.path { path = p; name = n; };
+
+  # Imported as a directory holding just the binary, so that the builder's
+  # argv[0] ends in "busybox" and busybox runs as itself.
+  busyboxDir = builtins.path {
+    path = dirOf busyboxPath;
+    name = "busybox-static";
+    filter = p: _: p == busyboxPath;
+  };
+  busyboxBin = "${busyboxDir}/busybox";
+
+  # The one builder every derivation here uses: busybox's shell, whose
+  # applets work without PATH.
+  mkDerivation = drvName: script: env:
+    derivation ({
+      name = drvName;
+      inherit system;
+      builder = busyboxBin;
+      args = [ "sh" "-ec" script ];
+    } // env);
+
+  busybox = mkDerivation "busybox" ''
+    mkdir -p $out/bin
+    cp ${busyboxBin} $out/bin/busybox
+    chmod 0555 $out/bin/busybox
+    for a in $($out/bin/busybox --list); do
+      [ "$a" = busybox ] || ln -s busybox $out/bin/$a
+    done
+  '' { };
+
+  # A text file in the store that may refer to other store paths.
+  writeScript = n: text: mkDerivation n ''
+    cp "$textPath" $out
+    chmod 0555 $out
+  '' { inherit text; passAsFile = [ "text" ]; };
+
+  kernel = importFile "linux-kernel" kernelPath;
+
+  # Modules stage 1 needs for the shared store layouts; the host initrd
+  # carries virtio, ext4 and the NIC drivers already.
+  extraModules = [
+    "kernel/fs/netfs/netfs.ko" "kernel/fs/fscache/fscache.ko"
+    "kernel/net/9p/9pnet.ko" "kernel/net/9p/9pnet_virtio.ko" "kernel/fs/9p/9p.ko"
+    "kernel/fs/fuse/fuse.ko" "kernel/fs/fuse/virtiofs.ko"
+  ];
+  moduleFiles = map (m: importFile (baseNameOf m) "${modulesPath}/${m}") extraModules;
+
+  # Runs in the initrd after the root is mounted: mounts /nix/store from
+  # wherever the host put it (nixslave.store= on the kernel command line).
+  storeHook = builtins.toFile "nixslave-store-hook" ''
+    #!/bin/sh
+    case "$1" in prereqs) exit 0 ;; esac
+    store=disk
+    for x in $(cat /proc/cmdline); do
+      case "$x" in nixslave.store=*) store="''${x#nixslave.store=}" ;; esac
+    done
+    target="''${rootmnt}/nix/store"
+    fail() { echo "nixslave stage 1: $*" > /dev/console; panic "nixslave: $*"; }
+    case "$store" in
+      disk) ;;
+      store-disk)
+        dev=/dev/disk/by-label/nixslave-store
+        i=0; while [ ! -e "$dev" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+        [ -e "$dev" ] || fail "no disk labelled nixslave-store"
+        mkdir -p "$target"
+        mount -t ext4 -o ro "$dev" "$target" || fail "cannot mount the store disk" ;;
+      9p)
+        for m in netfs fscache 9pnet 9pnet_virtio 9p; do insmod /nixslave/modules/$m.ko 2>/dev/null; done
+        mkdir -p "$target"
+        mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose nixstore "$target" \
+          || fail "cannot mount the 9p store" ;;
+      virtiofs)
+        for m in fuse virtiofs; do insmod /nixslave/modules/$m.ko 2>/dev/null; done
+        mkdir -p "$target"
+        mount -t virtiofs -o ro nixstore "$target" || fail "cannot mount the virtiofs store" ;;
+      *) fail "unknown store layout $store" ;;
+    esac
+  '';
+
+  # The host initrd followed by one more cpio archive; the kernel unpacks
+  # them in order, so the hook and its ORDER file land on top.
+  initrd = mkDerivation "initrd" ''
+    mkdir -p root/scripts/local-bottom root/nixslave/modules
+    cp ${storeHook} root/scripts/local-bottom/nixslave
+    chmod 0755 root/scripts/local-bottom/nixslave
+    printf '%s\n' '/scripts/local-bottom/nixslave "$@"' \
+      '[ -e /conf/param.conf ] && . /conf/param.conf' > root/scripts/local-bottom/ORDER
+    for m in ${toString moduleFiles}; do cp $m root/nixslave/modules/''${m#*-}; done
+    cd root
+    find . -exec touch -h -d @1 {} +
+    find . | sort | cpio -o -H newc -R 0:0 > ../extra.cpio
+    cd ..
+    cat ${importFile "host-initrd" initrdPath} extra.cpio > $out
+  '' { };
+
+  etc = mkDerivation "etc" ''
+    mkdir -p $out/nixslave
+    printf '%s\n' ${name} > $out/hostname
+    printf '%s\n' 'NAME=NixOS' 'ID=nixos' 'VERSION_ID="nixslave-demo"' \
+      'PRETTY_NAME="nixslave demo system (stands in for NixOS)"' > $out/os-release
+    printf '%s\n' '127.0.0.1 localhost' '::1 localhost' > $out/hosts
+    cp ${builtins.toFile "network.sh" networkScript} $out/nixslave/network.sh
+    printf '%s\n' ${toString pingPeers} > $out/nixslave/peers
+  '' { };
+
+  activate = writeScript "activate" ''
+    #!${busybox}/bin/sh
+    # Link /etc entries to the system's etc, as NixOS activation does.
+    top=''${1:-$(dirname "$(readlink -f "$0")")}
+    mkdir -p /etc /run
+    ln -sfn "$top/etc" /etc/static
+    for f in "$top"/etc/*; do ln -sfn "/etc/static/''${f##*/}" "/etc/''${f##*/}"; done
+    ln -sfn "$top" /run/current-system
+  '';
+
+  init = writeScript "init" ''
+    #!${busybox}/bin/sh
+    # Stage 2 of the demo system: what systemd does on NixOS, in a few lines.
+    export PATH=${busybox}/bin
+    top=@toplevel@
+    say() { echo "$*" > /dev/console; }
+    mounted() { grep -q " $1 " /proc/mounts 2>/dev/null; }
+    mounted /proc || mount -t proc proc /proc
+    mounted /sys || mount -t sysfs sys /sys
+    mounted /dev || mount -t devtmpfs dev /dev
+    mkdir -p /run /tmp
+    mounted /run || mount -t tmpfs run /run
+    $top/activate $top
+    hostname "$(cat $top/etc/hostname)"
+    ip link set lo up
+    sh $top/etc/nixslave/network.sh > /dev/console 2>&1 || say "NIXSLAVE-NETWORK-FAILED"
+    say "NIXSLAVE-BOOT-OK $top"
+    for peer in $(cat $top/etc/nixslave/peers); do
+      case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
+      ok=fail; i=0
+      while [ $i -lt 90 ]; do
+        if $p -c 1 -W 1 "$peer" > /dev/null 2>&1; then ok=ok; break; fi
+        i=$((i+1))
+      done
+      say "NIXSLAVE-PING $peer $ok"
+    done
+    say "NIXSLAVE-PINGS-DONE"
+    sync
+    if [ ${if halt then "1" else "0"} = 1 ]; then poweroff -f; fi
+    # Keep running until the host asks for a power-off on the console.
+    while :; do
+      if read -r cmd < /dev/console; then
+        case "$cmd" in poweroff) say "NIXSLAVE-POWEROFF"; sync; poweroff -f ;; esac
+      else
+        sleep 1
+      fi
+    done
+  '';
+
+  switchToConfiguration = writeScript "switch-to-configuration" ''
+    #!${busybox}/bin/sh
+    # A nix-slave is switched from the outside: the host rewrites its image.
+    case "$1" in
+      switch|test) exec @toplevel@/activate @toplevel@ ;;
+      *) echo "switch-to-configuration: '$1' is done by the host (nixslave image upgrade)" >&2
+         exit 1 ;;
+    esac
+  '';
+in
+mkDerivation "nixos-system-${name}-nixslave-demo" ''
+  mkdir -p $out/bin
+  ln -s ${kernel} $out/kernel
+  ln -s ${initrd} $out/initrd
+  ln -s ${etc} $out/etc
+  ln -s ${busybox} $out/sw
+  echo -n "${toString kernelParams}" > $out/kernel-params
+  echo -n "nixslave-demo" > $out/nixos-version
+  echo -n "${system}" > $out/system
+  sed "s|@toplevel@|$out|g" ${init} > $out/init
+  cp ${activate} $out/activate
+  sed "s|@toplevel@|$out|g" ${switchToConfiguration} > $out/bin/switch-to-configuration
+  chmod 0555 $out/init $out/activate $out/bin/switch-to-configuration
+'' { }

@@ -1,0 +1,285 @@
+"""Profile-less roots: a built system closure and the tree a guest boots from.
+
+``build`` turns a MachineSpec into a :class:`Root` (the toplevel plus its
+closure with hashes and sizes).  ``Root.prepare`` lays out a directory the
+way nixos-install would, minus everything a self-managing system needs: no
+channels, no generations, one ``system`` link, and a Nix database only when
+the guest has Nix at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nixslave import __version__, nix
+from nixslave.demo import build_demo
+from nixslave.errors import NixError, RootError
+from nixslave.nixos import machine_module, store_kind
+from nixslave.spec import MachineSpec
+
+MANIFEST_PATH = Path("nix/var/nixslave/manifest.json")
+MANIFEST_SCHEMA = 1
+MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "etc", "root", "var", "nix/store")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """What a node's guest needs from the topology plan."""
+
+    script: str = ""               # POSIX shell, for the demo system
+    nixos_module: str | None = None  # systemd-networkd module, for NixOS
+    peers: tuple[str, ...] = ()    # addresses the demo guest pings after boot
+
+
+@dataclass
+class Root:
+    """A built system: toplevel, closure (with NAR hashes and sizes), spec."""
+
+    spec: MachineSpec
+    toplevel: str
+    closure: list[nix.PathInfo]
+    _registration: str | None = field(default=None, repr=False)
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.path for p in self.closure]
+
+    @property
+    def nar_size(self) -> int:
+        return sum(p.nar_size for p in self.closure)
+
+    @property
+    def registration(self) -> str:
+        """``nix-store --dump-db`` of the closure, for a guest that has Nix."""
+        if self._registration is None:
+            self._registration = nix.dump_db(self.paths)
+        return self._registration
+
+    def manifest(self) -> dict[str, object]:
+        """What every artifact carries so that inspect/upgrade need no host state."""
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "nixslave": __version__,
+            "name": self.spec.name,
+            "spec": self.spec.to_json(),
+            "toplevel": self.toplevel,
+            "layout": self.spec.layout,
+            "store": store_kind(self.spec),
+            "boot": self.spec.boot,
+            "closure": [{"path": p.path, "narHash": p.nar_hash, "narSize": p.nar_size}
+                        for p in self.closure],
+            "narSize": self.nar_size,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.spec.name, "toplevel": self.toplevel,
+                "closurePaths": len(self.closure), "narSize": self.nar_size,
+                "closure": [p.to_json() for p in self.closure]}
+
+    def copy_store(self, store_dir: Path) -> str:
+        """Put exactly the closure into ``store_dir``; say which method worked."""
+        return copy_paths(self.paths, store_dir)
+
+    def prepare(self, tree: Path, *, include_store: bool = True,
+                progress: Progress | None = None) -> Path:
+        """Populate ``tree`` as the guest's root file system.
+
+        The tree is built beside its target and renamed into place, so an
+        interrupted prepare never leaves a half-populated ``tree``.
+        """
+        say = progress or (lambda _m: None)
+        tree = Path(tree)
+        if tree.exists() and (not tree.is_dir() or any(tree.iterdir())):
+            raise RootError(f"{tree} exists and is not an empty directory",
+                            where="prepare", hint="choose a new directory or remove it")
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{tree.name}.", dir=tree.parent))
+        try:
+            for d in MOUNT_POINTS:
+                (work / d).mkdir(parents=True, exist_ok=True)
+            (work / "tmp").chmod(0o1777)
+            (work / "nix/store").chmod(0o1775)
+            if include_store:
+                say(f"copying {len(self.paths)} store paths")
+                self.copy_store(work / "nix/store")
+            profiles = work / "nix/var/nix/profiles"
+            profiles.mkdir(parents=True)
+            (profiles / "system").symlink_to(self.toplevel)
+            (work / "etc/NIXOS").touch()
+            if self.spec.with_nix:
+                say("registering the closure in the guest's Nix database")
+                self._load_db(work, include_store)
+            write_manifest(work, self.manifest())
+            normalize_times(work)
+            if tree.exists():
+                tree.rmdir()
+            work.rename(tree)
+        except BaseException:
+            force_rmtree(work)
+            raise
+        return tree
+
+    def _load_db(self, work: Path, include_store: bool) -> None:
+        if include_store:
+            nix.load_db(work, self.registration)
+            # Nix creates its hardlink-optimisation directory; the guest's
+            # store must hold the closure and nothing else.
+            links = work / "nix/store/.links"
+            if links.is_dir() and not any(links.iterdir()):
+                links.rmdir()
+            return
+        # The store lives elsewhere (store disk or share): register it from a
+        # scratch root that has the paths, then keep only the database.
+        with tempfile.TemporaryDirectory(dir=work.parent) as scratch:
+            s = Path(scratch)
+            self.copy_store(s / "nix/store")
+            nix.load_db(s, self.registration)
+            shutil.copytree(s / "nix/var/nix/db", work / "nix/var/nix/db")
+            force_rmtree(s / "nix/store")
+
+
+def write_manifest(tree: Path, manifest: dict[str, object]) -> None:
+    path = tree / MANIFEST_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def copy_paths(paths: list[str], store_dir: Path) -> str:
+    """Copy store paths by hardlink, else reflink, else plain copy.
+
+    Hardlinks are free but only work on the host store's file system; a
+    reflink shares extents on CoW file systems; a copy always works.
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    methods = (("hardlink", ["cp", "-a", "--link"]),
+               ("reflink", ["cp", "-a", "--reflink=always"]),
+               ("copy", ["cp", "-a"]))
+    for name, cmd in methods:
+        proc = subprocess.run([*cmd, *paths, str(store_dir)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return name
+        for p in paths:
+            force_rmtree(store_dir / Path(p).name)
+    raise RootError(f"cannot copy the closure into {store_dir}: {proc.stderr.strip()}",
+                    where="prepare", hint="check free space and permissions")
+
+
+def normalize_times(tree: Path) -> None:
+    """Give everything outside the store the store's mtime (1) for reproducible images."""
+    store = tree / "nix/store"
+    for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
+        d = Path(dirpath)
+        if d == store:
+            dirnames[:] = []
+        for n in filenames + dirnames:
+            os.utime(d / n, (1, 1), follow_symlinks=False)
+    for d in (tree, store, tree / "nix"):
+        if d.exists():
+            os.utime(d, (1, 1))
+
+
+def force_rmtree(path: Path) -> None:
+    """Remove a tree even where store paths made directories read-only."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    subprocess.run(["chmod", "-R", "u+w", str(path)], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- building -----------------------------------------------------------------
+
+def _nixpkgs_args(spec: MachineSpec) -> list[str]:
+    if spec.nixpkgs is not None:
+        if not (spec.nixpkgs / "nixos").is_dir():
+            raise RootError(f"{spec.nixpkgs} is not a nixpkgs checkout (no nixos/ inside)",
+                            where=f"machine {spec.name}.nixpkgs",
+                            hint="pass the root of a nixpkgs tree")
+        return [f"nixpkgs={spec.nixpkgs}"]
+    try:
+        nix.run_nix(["nix-instantiate", "--find-file", "nixpkgs"], what="finding nixpkgs")
+    except NixError:
+        raise RootError("nixpkgs is not available to build a NixOS configuration",
+                        where=f"machine {spec.name}",
+                        hint="pass --nixpkgs PATH or set NIX_PATH=nixpkgs=PATH "
+                             "(or use --demo / --toplevel)") from None
+    return []
+
+
+def _module_file(spec: MachineSpec, network: NodeNetwork | None, workdir: Path) -> Path:
+    path = workdir / "nixslave-machine.nix"
+    module = machine_module(spec, network_module=network.nixos_module if network else None)
+    nix.instantiate_parse(module)
+    path.write_text(module)
+    return path
+
+
+def _build_config(spec: MachineSpec, network: NodeNetwork | None) -> Path:
+    assert spec.config is not None
+    config = spec.config.resolve()
+    if not config.is_file():
+        raise RootError(f"{spec.config} does not exist", where=f"machine {spec.name}.config",
+                        hint="pass the path of a NixOS configuration file")
+    nix_path = _nixpkgs_args(spec)
+    with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
+        module = _module_file(spec, network, Path(tmp))
+        expr = (
+            "(import <nixpkgs/nixos> { configuration = { imports = [ "
+            f"{config} {nix.DATA_DIR / 'slave.nix'} {module} ]; }}; }})"
+            ".config.system.build.toplevel"
+        )
+        return nix.build(expr=expr, nix_path=nix_path, what="NixOS build")[0]
+
+
+def _build_flake(spec: MachineSpec, network: NodeNetwork | None) -> Path:
+    assert spec.flake is not None
+    ref, _, attr = spec.flake.partition("#")
+    with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
+        module = _module_file(spec, network, Path(tmp))
+        expr = (
+            f"((builtins.getFlake (toString {json.dumps(str(Path(ref).resolve()))}))"
+            f".nixosConfigurations.{json.dumps(attr)}.extendModules {{ modules = [ "
+            f"{nix.DATA_DIR / 'slave.nix'} {module} ]; }}).config.system.build.toplevel"
+        )
+        out = nix.run_nix(["nix", "--extra-experimental-features", "nix-command flakes",
+                           "build", "--impure", "--no-link", "--print-out-paths", "--expr",
+                           expr], what="flake build")
+        return Path(out.split()[-1])
+
+
+def build(spec: MachineSpec, *, network: NodeNetwork | None = None,
+          progress: Progress | None = None) -> Root:
+    """Build (or take) the machine's toplevel and read its closure."""
+    say = progress or (lambda _m: None)
+    say(f"building the {spec.source} system for {spec.name}")
+    if spec.demo:
+        net = network or NodeNetwork()
+        toplevel = build_demo(spec.name, network_script=net.script, peers=net.peers,
+                              halt=spec.halt)
+    elif spec.toplevel:
+        if not nix.is_valid_path(spec.toplevel):
+            raise RootError(f"{spec.toplevel} is not a valid path in the host store",
+                            where=f"machine {spec.name}.toplevel",
+                            hint="build it first (nix-build ... ) or check the hash")
+        toplevel = Path(spec.toplevel)
+        if not (toplevel / "init").exists() or not (toplevel / "kernel").exists():
+            raise RootError(f"{toplevel} is not a system toplevel (no init or kernel)",
+                            where=f"machine {spec.name}.toplevel",
+                            hint="pass config.system.build.toplevel of a NixOS system")
+    elif spec.config:
+        toplevel = _build_config(spec, network)
+    else:
+        toplevel = _build_flake(spec, network)
+    say("reading the closure")
+    infos = nix.path_info(nix.closure(toplevel))
+    return Root(spec=spec, toplevel=str(toplevel), closure=infos)

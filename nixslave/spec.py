@@ -1,0 +1,180 @@
+"""MachineSpec: everything nixslave needs to know about one machine.
+
+The name becomes part of file names, GC roots and unix socket paths, so it is
+checked against a strict pattern before anything else reads it.  Every
+validation failure is turned into a SpecError that names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nixslave.errors import SpecError
+
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,47}")
+SSH_KEY_RE = re.compile(
+    r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+=*( .*)?"
+)
+_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+Boot = Literal["direct", "bios", "uefi"]
+Layout = Literal["disk", "store-disk", "shared"]
+Share = Literal["9p", "virtiofs"]
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like ``512M``, ``2G`` or ``1GiB``."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a size; use bytes or a number with K, M, G or T")
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def check_name(name: str) -> str:
+    """The one gate a machine name passes before it touches a path."""
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a machine name; use 1-48 of a-z, 0-9 and '-', starting with a letter"
+        )
+    return name
+
+
+class MachineSpec(BaseModel):
+    """One machine: where its system comes from and how it is materialized."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Machine name, [a-z][a-z0-9-]{0,47}.")
+    # exactly one source
+    demo: bool = Field(False, description="Use the built-in demo system.")
+    config: Path | None = Field(None, description="A NixOS configuration file.")
+    flake: str | None = Field(None, description="A flake reference, path#name.")
+    toplevel: str | None = Field(None, description="An already built system toplevel.")
+    nixpkgs: Path | None = Field(None, description="nixpkgs checkout for --config builds.")
+
+    boot: Boot = "direct"
+    layout: Layout = "disk"
+    share: Share = "9p"
+    size: int | None = Field(None, description="Disk size in bytes; automatic when unset.")
+    memory: int = Field(512, description="Memory in MiB.")
+    cpus: int = 1
+    ssh_keys: tuple[str, ...] = ()
+    with_nix: bool = Field(False, description="Give the guest a Nix database and daemon.")
+    halt: bool = Field(True, description="Demo system: power off after boot.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        size = parse_size(v)
+        if size < 16 << 20:
+            raise ValueError(f"{size} bytes is below the 16 MiB minimum of a disk")
+        return size
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int) -> int:
+        if not 64 <= v <= 1 << 20:
+            raise ValueError(f"{v} MiB is outside 64 MiB .. 1 TiB")
+        return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: int) -> int:
+        if not 1 <= v <= 256:
+            raise ValueError(f"{v} CPUs is outside 1 .. 256")
+        return v
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, key in enumerate(v):
+            if not SSH_KEY_RE.fullmatch(key.strip()):
+                raise ValueError(f"key {i} is not an OpenSSH public key line")
+        return tuple(k.strip() for k in v)
+
+    @field_validator("toplevel")
+    @classmethod
+    def _toplevel(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"/nix/store/[0-9a-z]{32}-[^/]+", v.rstrip("/")):
+            raise ValueError(f"{v!r} is not a store path (/nix/store/<hash>-<name>)")
+        return v.rstrip("/") if v else v
+
+    @field_validator("flake")
+    @classmethod
+    def _flake(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[^#\s]+#[A-Za-z0-9_.'\"-]+", v):
+            raise ValueError(f"{v!r} is not a flake reference of the form path#name")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MachineSpec:
+        sources = [s for s in ("demo", "config", "flake", "toplevel") if getattr(self, s)]
+        if len(sources) != 1:
+            got = ", ".join(sources) or "none"
+            raise ValueError(f"give exactly one of demo, config, flake, toplevel (got {got})")
+        if self.nixpkgs is not None and self.config is None:
+            raise ValueError("nixpkgs applies only to a config source")
+        if self.boot == "uefi":
+            raise ValueError("uefi boot is not available yet; use direct or bios")
+        if self.layout == "shared" and self.boot != "direct":
+            raise ValueError("the shared store layout needs direct boot (a bootloader cannot "
+                             "read a host directory)")
+        return self
+
+    @property
+    def source(self) -> str:
+        for s in ("demo", "config", "flake", "toplevel"):
+            if getattr(self, s):
+                return s
+        raise AssertionError("validated spec without a source")
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> MachineSpec:
+        """Validate input, turning pydantic's report into one SpecError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise spec_error(exc, data) from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+
+def spec_error(exc: ValidationError, data: dict[str, Any] | None = None) -> SpecError:
+    """The first problem pydantic found, as where/what/hint."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    name = (data or {}).get("name")
+    where = f"machine {name}" if isinstance(name, str) and NAME_RE.fullmatch(name) else "machine"
+    if loc:
+        where += f".{loc}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    hints = {
+        "extra_forbidden": "remove the field or check its spelling",
+        "literal_error": "pick one of the listed values",
+        "missing": "add the field",
+    }
+    hint = hints.get(str(err["type"]), "see `nixslave root build --help` for valid values")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown field {loc!r}"
+    return SpecError(msg, where=where, hint=hint)
+
+
+def json_schema() -> dict[str, Any]:
+    return MachineSpec.model_json_schema()
