@@ -90,6 +90,8 @@ class HostSlots:
         else:
             self.first = 1
             self.count = size - 2 if prefix.version == 4 else size - 1
+            # keep IPv6 host parts short (::1 to ::fffe) so people can read them
+            self.count = min(self.count, 0xFFFE)
         self.used: set[int] = set()
 
     def reserve(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:

@@ -1,0 +1,32 @@
+"""VM-agnostic network topologies: one description, planned once, wired onto
+qemu, VirtualBox, systemd-nspawn, libvirt or network namespaces, and rendered
+into the guest's own configuration so both sides agree on names, MACs and
+addresses.
+
+This package imports nothing from the rest of nixslave so other tools can
+use it alone.
+"""
+
+from __future__ import annotations
+
+from .errors import NetconfError, TopologyError, WiringError
+from .load import load_topology, topology_from_data
+from .model import Topology, json_schema
+from .plan import HostEntry, InterfacePlan, NetworkPlan, NodePlan, Plan, Route, plan
+
+__all__ = [
+    "HostEntry",
+    "InterfacePlan",
+    "NetconfError",
+    "NetworkPlan",
+    "NodePlan",
+    "Plan",
+    "Route",
+    "Topology",
+    "TopologyError",
+    "WiringError",
+    "json_schema",
+    "load_topology",
+    "plan",
+    "topology_from_data",
+]
