@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nixslave: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one place that turns errors into exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
             exc.show()
             return 2
         if state.debug:

@@ -6,7 +6,9 @@ import json
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -35,3 +37,25 @@ def step(message: str, *, quiet: bool = False) -> Iterator[None]:
     with err_console.status(message):
         yield
     err_console.print(f"[green]✓[/green] {message}")
+
+
+def spec_data(
+    *, name: str, demo: bool, config: Path | None, nixpkgs: Path | None,
+    toplevel: str | None, flake: str | None, **extra: Any,
+) -> dict[str, Any]:
+    """The MachineSpec input assembled from the shared source options."""
+    data: dict[str, Any] = {"name": name, "demo": demo}
+    for key, value in (("config", config), ("nixpkgs", nixpkgs), ("toplevel", toplevel),
+                       ("flake", flake)):
+        if value is not None:
+            data[key] = value
+    data.update({k: v for k, v in extra.items() if v is not None})
+    return data
+
+
+def progress_printer(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr for long steps; nothing in --json mode."""
+    def say(message: str) -> None:
+        if not quiet:
+            err_console.print(f"[dim]•[/dim] {message}", highlight=False)
+    return say

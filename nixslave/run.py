@@ -1,0 +1,296 @@
+"""Boot artifacts under qemu for the demo, the tests and small fleets.
+
+A :class:`VM` owns one qemu process: its serial console goes to a log file
+(and optionally the terminal), a QMP socket allows a clean power-off, and the
+process is killed on every exit path so no qemu outlives its caller.  KVM is
+used when a real boot proves it works, TCG otherwise (said once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nixslave import accel
+from nixslave.errors import RunError
+
+BOOT_MARKER = "NIXSLAVE-BOOT-OK"
+
+
+@dataclass(frozen=True)
+class Drive:
+    path: Path
+    format: str = "qcow2"
+    serial: str = ""
+    readonly: bool = False
+    snapshot: bool = False  # writes go to a temporary overlay
+
+
+@dataclass(frozen=True)
+class Share:
+    path: Path
+    tag: str = "nixstore"
+    kind: str = "9p"  # or virtiofs
+    msize: int = 262144
+
+
+@dataclass
+class VMConfig:
+    """Everything qemu needs; built from an artifact and the topology plan."""
+
+    name: str
+    memory: int = 512
+    cpus: int = 1
+    drives: list[Drive] = field(default_factory=list)
+    shares: list[Share] = field(default_factory=list)
+    kernel: Path | None = None  # direct boot when set
+    initrd: Path | None = None
+    append: str = ""
+    net_args: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+
+    def qemu_argv(self, rundir: Path, acc: accel.Accel) -> list[str]:
+        argv = [accel.QEMU, *acc.qemu_args, "-name", self.name, "-m", str(self.memory),
+                "-smp", str(self.cpus), "-display", "none", "-nodefaults", "-no-reboot",
+                "-chardev", f"socket,id=con0,path={rundir}/console.sock,server=on,wait=off,"
+                            f"logfile={rundir}/console.log,logappend=off",
+                "-serial", "chardev:con0",
+                "-qmp", f"unix:{rundir}/qmp.sock,server=on,wait=off"]
+        if self.kernel is not None:
+            argv += ["-kernel", str(self.kernel)]
+            if self.initrd is not None:
+                argv += ["-initrd", str(self.initrd)]
+            argv += ["-append", self.append]
+        for i, d in enumerate(self.drives):
+            opts = [f"file={d.path}", f"format={d.format}", "if=none", f"id=drive{i}"]
+            if d.readonly:
+                opts.append("readonly=on")
+            if d.snapshot:
+                opts.append("snapshot=on")
+            argv += ["-drive", ",".join(opts)]
+            dev = f"virtio-blk-pci,drive=drive{i}"
+            if d.serial:
+                dev += f",serial={d.serial}"
+            if i == 0 and self.kernel is None:
+                dev += ",bootindex=1"
+            argv += ["-device", dev]
+        for i, s in enumerate(self.shares):
+            if s.kind == "9p":
+                argv += ["-fsdev", f"local,id=fs{i},path={s.path},security_model=none,readonly=on",
+                         "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag={s.tag}"]
+            else:
+                argv += ["-chardev", f"socket,id=vfs{i},path={rundir}/virtiofs{i}.sock",
+                         "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={s.tag}",
+                         "-object", f"memory-backend-memfd,id=mem,size={self.memory}M,share=on",
+                         "-numa", "node,memdev=mem"]
+        argv += self.net_args + self.extra_args
+        return argv
+
+
+class VM:
+    """One running qemu guest."""
+
+    def __init__(self, config: VMConfig, rundir: Path | None = None, *,
+                 echo: bool = False) -> None:
+        self.config = config
+        self._own_rundir = rundir is None
+        self.rundir = Path(rundir or tempfile.mkdtemp(prefix=f"nixslave-{config.name}-"))
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        self.echo = echo
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._echo_pos = 0
+
+    @property
+    def console_log(self) -> Path:
+        return self.rundir / "console.log"
+
+    def start(self) -> VM:
+        acc = accel.detect()
+        accel.announce(acc)
+        for sock in ("console.sock", "qmp.sock"):
+            (self.rundir / sock).unlink(missing_ok=True)
+        argv = self.config.qemu_argv(self.rundir, acc)
+        (self.rundir / "qemu.argv").write_text(json.dumps(argv, indent=1))
+        self._stderr = open(self.rundir / "qemu.stderr", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
+                                     stderr=self._stderr, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.console_log.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _echo_new(self, text: str) -> None:
+        if self.echo and len(text) > self._echo_pos:
+            for line in text[self._echo_pos:].splitlines(keepends=True):
+                sys.stderr.write(f"[{self.config.name}] {line}")
+            self._echo_pos = len(text)
+
+    def wait_for(self, pattern: str, timeout: float = 180.0) -> re.Match[str]:
+        """Wait until the console shows ``pattern`` (a regex)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.output()
+            self._echo_new(text)
+            m = rx.search(text)
+            if m:
+                return m
+            if not self.alive():
+                raise RunError(f"qemu exited ({self._exit_reason()}) before {pattern!r}",
+                               where=f"vm {self.config.name}",
+                               hint=f"see {self.console_log} and {self.rundir}/qemu.stderr")
+            if time.monotonic() > deadline:
+                tail = " | ".join(text.strip().splitlines()[-3:])
+                raise RunError(f"no {pattern!r} within {timeout:.0f}s; console ends: {tail}",
+                               where=f"vm {self.config.name}",
+                               hint=f"see {self.console_log}; raise the timeout under TCG")
+            time.sleep(0.2)
+
+    def _exit_reason(self) -> str:
+        code = self.proc.returncode if self.proc else None
+        try:
+            err = (self.rundir / "qemu.stderr").read_text(errors="replace").strip()
+        except OSError:
+            err = ""
+        last = err.splitlines()[-1] if err else ""
+        return f"code {code}" + (f": {last}" if last else "")
+
+    def wait_boot(self, toplevel: str | None = None, timeout: float = 180.0) -> str:
+        """Wait for the boot marker; returns the toplevel the guest reported."""
+        m = self.wait_for(rf"{BOOT_MARKER} (/nix/store/\S+)", timeout)
+        booted = m.group(1)
+        if toplevel is not None and booted != toplevel:
+            raise RunError(f"booted {booted}, expected {toplevel}",
+                           where=f"vm {self.config.name}", hint="the image is stale")
+        return booted
+
+    def send_console(self, line: str) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.rundir / "console.sock"))
+            s.sendall(line.encode() + b"\n")
+            time.sleep(0.2)
+
+    def qmp(self, command: str) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.rundir / "qmp.sock"))
+            f = s.makefile("rwb")
+            f.readline()  # greeting
+            for cmd in ("qmp_capabilities", command):
+                f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                f.flush()
+                while True:
+                    reply = json.loads(f.readline() or b"{}")
+                    if "event" not in reply:
+                        break
+            return reply
+
+    def shutdown(self, timeout: float = 20.0) -> int | None:
+        """Ask the guest to power off, then make sure qemu is gone."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            for ask in (lambda: self.send_console("poweroff"),
+                        lambda: self.qmp("system_powerdown")):
+                try:
+                    ask()
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    self.qmp("quit")
+                    self.proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+        self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        if hasattr(self, "_stderr"):
+            self._stderr.close()
+
+    def __enter__(self) -> VM:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(timeout=10 if exc[0] is None else 2)
+        if self._own_rundir and exc[0] is None:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+@contextmanager
+def helpers(argvs: Sequence[Sequence[str]], rundir: Path) -> Iterator[None]:
+    """Start helper daemons (vde_switch hubs) and stop them afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, argv in enumerate(argvs):
+            log = open(rundir / f"helper{i}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=log,
+                                          stderr=log, start_new_session=True))
+        time.sleep(0.3 if procs else 0)
+        for p, argv in zip(procs, argvs, strict=True):
+            if p.poll() is not None:
+                raise RunError(f"{argv[0]} exited with {p.returncode}", where="network",
+                               hint=f"see {rundir}/helper*.log")
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+
+
+@contextmanager
+def fleet(configs: Sequence[VMConfig], rundir: Path, *, helper_argvs: Sequence[Sequence[str]] = (),
+          echo: bool = False) -> Iterator[dict[str, VM]]:
+    """Run several VMs of one topology at once; all are stopped on exit."""
+    with ExitStack() as stack:
+        stack.enter_context(helpers(helper_argvs, rundir))
+        vms: dict[str, VM] = {}
+        for c in configs:
+            vm = VM(c, rundir / c.name, echo=echo)
+            stack.callback(vm.kill)
+            vms[c.name] = vm.start()
+        try:
+            yield vms
+        finally:
+            threads = [threading.Thread(target=vm.shutdown, kwargs={"timeout": 10})
+                       for vm in vms.values()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()

@@ -1,0 +1,65 @@
+"""Shared fixtures: expensive things (the demo closure, boots) happen once.
+
+A tier skips only when its tool is truly absent, and says which; the
+README's test command installs every tool, so nothing skips there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nixslave import nix
+
+os.environ.setdefault("NIX_CONFIG", nix.OFFLINE_CONFIG)
+
+_TIER_TOOLS = {
+    "nix": ["nix-build", "nix-store"],
+    "boot": ["qemu-system-x86_64", "mkfs.ext4", "nix-build"],
+    "guestfs": ["guestfish"],
+    "nspawn": ["systemd-nspawn"],
+    "netns": ["ip"],
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for tier, tools in _TIER_TOOLS.items():
+            if tier in item.keywords:
+                missing = [t for t in tools if shutil.which(t) is None]
+                if missing:
+                    item.add_marker(pytest.mark.skip(reason=f"{tier} tier: {', '.join(missing)} "
+                                                            "not installed"))
+        if "netns" in item.keywords and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason="netns tier needs root"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guestfs_env() -> None:
+    """libguestfs follows the same KVM verdict as qemu."""
+    if shutil.which("qemu-system-x86_64"):
+        from nixslave import accel
+
+        os.environ.update(accel.guestfs_env())
+
+
+@pytest.fixture(scope="session")
+def demo_root():  # type: ignore[no-untyped-def]
+    """The demo system built once for the whole session."""
+    from nixslave import root
+    from nixslave.spec import MachineSpec
+
+    return root.build(MachineSpec.parse({"name": "demo", "demo": True}))
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("session")
+    yield path
+    from nixslave.root import force_rmtree
+
+    force_rmtree(path)
