@@ -97,7 +97,8 @@ def check_nspawn() -> Finding:
     exe = shutil.which("systemd-nspawn")
     bb = shutil.which("busybox")
     if exe is None:
-        return Finding("systemd-nspawn", "fail", "not installed", "apt-get install systemd-container")
+        return Finding("systemd-nspawn", "fail", "not installed",
+                       "apt-get install systemd-container")
     if bb is None:
         return Finding("systemd-nspawn", "warn", "busybox missing, cannot test a container",
                        "apt-get install busybox-static")

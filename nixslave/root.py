@@ -97,9 +97,7 @@ class Root:
         """
         say = progress or (lambda _m: None)
         tree = Path(tree)
-        if tree.exists() and (not tree.is_dir() or any(tree.iterdir())):
-            raise RootError(f"{tree} exists and is not an empty directory",
-                            where="prepare", hint="choose a new directory or remove it")
+        check_new_dir(tree)
         tree.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{tree.name}.", dir=tree.parent))
         try:
@@ -144,6 +142,13 @@ class Root:
             nix.load_db(s, self.registration)
             shutil.copytree(s / "nix/var/nix/db", work / "nix/var/nix/db")
             force_rmtree(s / "nix/store")
+
+
+def check_new_dir(tree: Path) -> None:
+    """Refuse to populate anything but a new or empty directory."""
+    if tree.exists() and (not tree.is_dir() or any(tree.iterdir())):
+        raise RootError(f"{tree} exists and is not an empty directory",
+                        where="prepare", hint="choose a new directory or remove it")
 
 
 def write_manifest(tree: Path, manifest: dict[str, object]) -> None:

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,10 +212,8 @@ class VM:
         if self.alive():
             for ask in (lambda: self.send_console("poweroff"),
                         lambda: self.qmp("system_powerdown")):
-                try:
+                with suppress(OSError):
                     ask()
-                except OSError:
-                    pass
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -229,10 +227,8 @@ class VM:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
         if hasattr(self, "_stderr"):
             self._stderr.close()

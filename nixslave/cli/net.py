@@ -14,7 +14,8 @@ import typer
 import yaml
 
 from nixslave.cli._common import emit_json
-from nixslave.netconf import TopologyError, json_schema, load_topology, plan
+from nixslave.netconf import NetconfError, Plan, TopologyError, json_schema, load_topology
+from nixslave.netconf import plan as make_plan
 from nixslave.netconf.export import render_picture, to_dot, to_mermaid, to_node_link_json
 from nixslave.netconf.importers import import_file
 from nixslave.netconf.renderers import render_hosts, render_networkd, render_nixos, render_sh
@@ -58,6 +59,16 @@ class Backend(str, Enum):
     libvirt = "libvirt"
 
 
+def plan(file: Path) -> Plan:
+    """Load and plan; errors name the file as well as the element."""
+    try:
+        return make_plan(load_topology(file))
+    except NetconfError as exc:
+        if not exc.where.startswith(str(file)):
+            exc.where = f"{file}: {exc.where}" if exc.where else str(file)
+        raise
+
+
 def _write(text: str, out: Path | None) -> None:
     if out is None:
         typer.echo(text, nl=False)
@@ -68,7 +79,7 @@ def _write(text: str, out: Path | None) -> None:
 @app.command()
 def validate(file: Path = FILE) -> None:
     """Check a topology: names, references, prefixes, pools and routes."""
-    p = plan(load_topology(file))
+    p = plan(file)
     links = sum(1 for n in p.networks.values() if n.kind == "p2p")
     segs = sum(1 for n in p.networks.values() if n.kind == "lan")
     typer.echo(f"{file}: ok ({len(p.nodes)} nodes, {links} links, {segs} segments)")
@@ -78,7 +89,7 @@ def validate(file: Path = FILE) -> None:
 def plan_cmd(file: Path = FILE,
              as_json: bool = typer.Option(False, "--json", help="Machine-readable plan.")) -> None:
     """Show every node's interfaces, MACs, addresses and routes."""
-    p = plan(load_topology(file))
+    p = plan(file)
     if as_json:
         emit_json(p.to_dict())
         return
@@ -104,7 +115,7 @@ def render(
                                     help="File (or directory for networkd)."),
 ) -> None:
     """Render one node's network configuration."""
-    p = plan(load_topology(file))
+    p = plan(file)
     if fmt is RenderFormat.networkd:
         files = render_networkd(p, node)
         if out is not None:
@@ -127,7 +138,7 @@ def graph(
     out: Path | None = typer.Option(None, "-o", "--output", help="Output file."),
 ) -> None:
     """Draw the topology (dot, mermaid, node-link json, svg or png)."""
-    p = plan(load_topology(file))
+    p = plan(file)
     if fmt in (GraphFormat.svg, GraphFormat.png):
         if out is None:
             raise TopologyError("a picture needs an output file", where="--output",
@@ -148,7 +159,7 @@ def import_cmd(
     data = import_file(kind.value, file)
     from nixslave.netconf.load import topology_from_data
 
-    plan(topology_from_data(data, source=f"{file} (imported)"))
+    make_plan(topology_from_data(data, source=f"{file} (imported)"))
     text = yaml.safe_dump(data, sort_keys=False)
     if out is not None and out.suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"
@@ -164,7 +175,7 @@ def wiring(
                                 help="Short directory for qemu's sockets."),
 ) -> None:
     """Show how a backend wires one node's NICs."""
-    p = plan(load_topology(file))
+    p = plan(file)
     if backend is Backend.qemu:
         emit_json({"args": qemu_wiring(p, node, rundir),
                    "switches": [s.argv for s in qemu_switches(p, rundir)]})

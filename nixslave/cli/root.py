@@ -49,6 +49,7 @@ def prepare(outdir: Path = typer.Argument(..., help="New directory for the root 
             nixpkgs: Path = NIXPKGS, toplevel: str = TOPLEVEL, flake: str = FLAKE,
             with_nix: bool = WITH_NIX, json_out: bool = JSON) -> None:
     """Populate OUTDIR with the closure, /etc/NIXOS, the system link and the manifest."""
+    rootmod.check_new_dir(outdir)
     r = _build(name, demo, config, nixpkgs, toplevel, flake, with_nix, json_out)
     tree = r.prepare(outdir, progress=progress_printer(json_out))
     if json_out:

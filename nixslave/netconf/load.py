@@ -56,15 +56,34 @@ def loc_to_where(loc: tuple[Any, ...]) -> str:
     return out
 
 
+FIELD_HINTS = {
+    "ifname": "at most 15 letters, digits, '_', '.' or '-'",
+    "mac": "use a unicast MAC such as 02:00:00:00:00:01",
+    "ipv4": "write address/length, e.g. 198.51.100.7/24",
+    "ipv6": "write address/length, e.g. 2001:db8::7/64",
+    "prefix4": "write the network address and length, e.g. 198.51.100.0/24",
+    "prefix6": "write the network address and length, e.g. 2001:db8::/64",
+    "name": "lower-case letters, digits and '-', starting with a letter",
+    "mtu": "an MTU between 68 and 65535",
+    "prefix_len4": "p2p links take /30 or /31; segments /8 to /30",
+    "prefix_len6": "p2p links take /64 or /127; segments /48 to /126",
+    "endpoints": "a link has exactly two ends: [node, node] or [node, segment]",
+    "to": "write the network address and length",
+    "via": "a bare address of a directly connected neighbour",
+}
+
+
 def validation_to_error(exc: ValidationError, source: str = "") -> TopologyError:
     err = exc.errors()[0]
     where = loc_to_where(tuple(err["loc"]))
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    hint = "check the spelling against the topology schema (nixslave net schema)"
+    last = next((str(x) for x in reversed(err["loc"]) if isinstance(x, str)), "")
+    hint = FIELD_HINTS.get(last, "see the topology schema (nixslave net schema)")
     if err["type"] == "extra_forbidden":
         msg = f"unknown option {str(err['loc'][-1])!r}"
+        hint = "check the spelling against the topology schema (nixslave net schema)"
     elif err["type"] == "missing":
         msg = "required option is missing"
         hint = "add it"
@@ -107,7 +126,7 @@ def read_data(path: Path) -> Any:
             return json.loads(text)
         if suffix == ".toml":
             return tomllib.loads(text)
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except TopologyError as exc:
         exc.where = f"{path}: {exc.where}"
         raise

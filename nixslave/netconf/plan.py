@@ -15,7 +15,7 @@ import networkx as nx
 from .alloc import HostSlots, SubnetPool, mac_for
 from .errors import TopologyError
 from .model import Topology
-from .validate import MGMT, Layout, Net, resolve
+from .validate import Layout, Net, resolve
 
 IPIf = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network

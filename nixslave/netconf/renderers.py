@@ -235,7 +235,7 @@ def render_hosts(plan: Plan, node: str) -> str:
         "::1 localhost",
     ]
     width = max((len(str(h.address)) for h in np.hosts), default=0)
-    lines += [f"{str(h.address):<{width}} {' '.join(h.names)}" for h in np.hosts]
+    lines += [f"{h.address!s:<{width}} {' '.join(h.names)}" for h in np.hosts]
     return "\n".join(lines) + "\n"
 
 
