@@ -1,0 +1,36 @@
+"""The NixOS renderer's output is valid Nix (nix-instantiate --parse)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nixslave.netconf.renderers import render_nixos
+
+from .helpers import case_dirs, load_case
+
+pytestmark = [
+    pytest.mark.nix,
+    pytest.mark.skipif(shutil.which("nix-instantiate") is None,
+                       reason="nix-instantiate is not installed"),
+]
+
+NIX_ENV = {**os.environ, "NIX_CONFIG": "build-users-group =\nsandbox = false\nsubstituters ="}
+
+
+def test_nixos_modules_parse(tmp_path: Path) -> None:
+    files = []
+    for case in case_dirs():
+        p = load_case(case)
+        for node in p.nodes:
+            f = tmp_path / f"{case.name}-{node}.nix"
+            f.write_text(render_nixos(p, node))
+            files.append(str(f))
+    r = subprocess.run(["nix-instantiate", "--parse", *files], env=NIX_ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("{ ... }:") >= len(files) or r.stdout.count("networking.") > 0
