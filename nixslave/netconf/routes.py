@@ -76,41 +76,52 @@ def compute_routes(p: Plan) -> None:
         if lo:
             dests.append((lo, [r], ""))
 
+    inf = 1 << 30
+    # prefixes with their version, so the hot loop reads no ipaddress properties
+    dests_v = [([(pfx, pfx.version) for pfx in prefixes], rs) for prefixes, rs, _ in dests]
+    near: dict[str, list[int]] = {}
     for r in routers:
         dist, first = tables[r]
-        np = p.nodes[r]
-        mine = {i.link_id for i in np.interfaces}
+        dget = dist.get
         routes: list[Route] = []
-        for prefixes, rs, _ in dests:
-            if r in rs:
-                continue
+        row: list[int] = []
+        for pv, rs in dests_v:
             if len(rs) == 1:
                 best = rs[0]
+            elif len(rs) == 2:
+                a, b = rs
+                best = a if dget(a, inf) <= dget(b, inf) else b
             else:
-                best = min(rs, key=lambda a: (dist.get(a, 1 << 30), a))
+                best = min(rs, key=lambda a: (dget(a, inf), a))
+            if best == r or r in rs:
+                row.append(0)
+                continue
+            row.append(dget(best, inf))
             hop = first.get(best)
             if hop is None:
                 continue
-            s, nid = hop
-            dev = ifname[(r, nid)]
-            via = addr[(s, nid)]
-            for pfx in prefixes:
-                g = via.get(pfx.version)
-                if g is not None and nid in mine:
+            dev = ifname[(r, hop[1])]
+            via = addr[hop]
+            for pfx, ver in pv:
+                g = via.get(ver)
+                if g is not None:
                     routes.append(Route(pfx, g, dev))
-        np.routes = routes
+        p.nodes[r].routes = routes
+        near[r] = row
 
     for n, np in p.nodes.items():
-        if np.kind == "router":
-            continue
-        _end_system(p, n, net_routers, tables, dests, addr, ifname)
+        if np.kind != "router":
+            _end_system(p, n, net_routers, near, dests, addr, ifname)
 
 
 def _end_system(p: Plan, n: str, net_routers: dict[str, list[str]],
-                tables: dict[str, tuple[dict[str, int], dict[str, Hop]]],
+                near: dict[str, list[int]],
                 dests: list[tuple[list[IPNet], list[str], str]],
                 addr: dict[tuple[str, str], dict[int, IPAddr]],
                 ifname: dict[tuple[str, str], str]) -> None:
+    """A default route through the gateway; a multi-homed node also gets a
+    route wherever a router on another of its networks is strictly closer
+    to the destination than the gateway is."""
     np = p.nodes[n]
     routed = [(i.link_id, net_routers[i.link_id]) for i in np.interfaces
               if net_routers.get(i.link_id)]
@@ -136,27 +147,26 @@ def _end_system(p: Plan, n: str, net_routers: dict[str, list[str]],
         g = addr[(gw[0], gw[1])].get(ver)
         if g is not None:
             routes.append(Route(fam, g, gdev))
-    if len(routed) > 1:
+    cands = sorted((s, nid) for nid, rs in routed for s in rs if (s, nid) != gw)
+    if cands:
         mine = {nid for nid, _ in routed}
-        for prefixes, rs, dnet in dests:
+        row_gw = near[gw[0]]
+        # best[i] = (distance, candidate) when strictly closer than the gateway
+        best: dict[int, tuple[int, Hop]] = {}
+        for c in cands:
+            row = near[c[0]]
+            for i, (dc, dg) in enumerate(zip(row, row_gw, strict=True)):
+                if dc < dg and (i not in best or dc < best[i][0]):
+                    best[i] = (dc, c)
+        for i in sorted(best):
+            prefixes, _, dnet = dests[i]
             if dnet in mine:
                 continue
-            best: tuple[int, str, str] | None = None
-            for nid, candidates in routed:
-                for s in candidates:
-                    d = min((tables[s][0].get(a, 1 << 30) for a in rs), default=1 << 30)
-                    key = (d, s, nid)
-                    if best is None or key < best:
-                        best = key
-            if best is None or (best[1], best[2]) == gw:
-                continue
-            if best[0] >= 1 << 30:
-                continue
-            dgw = tables[gw[0]][0]
-            if min((dgw.get(a, 1 << 30) for a in rs), default=1 << 30) <= best[0]:
-                continue
+            s, nid = best[i][1]
+            via = addr[(s, nid)]
+            dev = ifname[(n, nid)]
             for pfx in prefixes:
-                g = addr[(best[1], best[2])].get(pfx.version)
+                g = via.get(pfx.version)
                 if g is not None:
-                    routes.append(Route(pfx, g, ifname[(n, best[2])]))
+                    routes.append(Route(pfx, g, dev))
     np.routes = routes

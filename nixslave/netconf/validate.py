@@ -106,6 +106,7 @@ def resolve(topo: Topology) -> Layout:
         )
         _family_check(nets[sname], f"segments.{sname}")
     seen_pairs: dict[str, int] = {}
+    seg_nodes: dict[str, set[str]] = {}
     seen_names: dict[str, str] = {}
     for i, link in enumerate(topo.links):
         where = f"links[{i}]"
@@ -133,7 +134,7 @@ def resolve(topo: Topology) -> Layout:
                 raise _err(where, "prefix options belong to the segment, not to a leg of it",
                            f"set them under segments.{seg_name}")
             net = nets[seg_name]
-            if any(m.node == ep.node for m in net.members):
+            if ep.node in seg_nodes.setdefault(seg_name, set()):
                 raise _err(where, f"node {ep.node!r} is attached to segment {seg_name!r} twice",
                            "remove the duplicate link")
             att = _attach(ep, seg_name, f"{where}.endpoints[{j}]")
@@ -141,6 +142,7 @@ def resolve(topo: Topology) -> Layout:
                 raise _err(where, "MTU of a segment leg must match the segment",
                            f"set mtu under segments.{seg_name}")
             net.members.append(att)
+            seg_nodes[seg_name].add(ep.node)
             by_node[ep.node].append(att)
             continue
         key = link.name or _link_key(a.node, b.node, seen_pairs)
