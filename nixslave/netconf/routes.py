@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from itertools import count
 
 from .errors import TopologyError
 from .plan import IPAddr, IPNet, Plan, Route
 
 Hop = tuple[str, str]  # (router, network id)
+DEFAULTS = ((ipaddress.IPv4Network("0.0.0.0/0"), 4), (ipaddress.IPv6Network("::/0"), 6))
 
 
 def _bfs(adj: dict[str, list[Hop]], src: str) -> tuple[dict[str, int], dict[str, Hop]]:
@@ -78,14 +80,14 @@ def compute_routes(p: Plan) -> None:
 
     inf = 1 << 30
     # prefixes with their version, so the hot loop reads no ipaddress properties
-    dests_v = [([(pfx, pfx.version) for pfx in prefixes], rs) for prefixes, rs, _ in dests]
+    dests_v = [([(pfx, pfx.version) for pfx in prefixes], rs, nid) for prefixes, rs, nid in dests]
     near: dict[str, list[int]] = {}
     for r in routers:
         dist, first = tables[r]
         dget = dist.get
         routes: list[Route] = []
         row: list[int] = []
-        for pv, rs in dests_v:
+        for pv, rs, _ in dests_v:
             if len(rs) == 1:
                 best = rs[0]
             elif len(rs) == 2:
@@ -111,12 +113,12 @@ def compute_routes(p: Plan) -> None:
 
     for n, np in p.nodes.items():
         if np.kind != "router":
-            _end_system(p, n, net_routers, near, dests, addr, ifname)
+            _end_system(p, n, net_routers, near, dests_v, addr, ifname)
 
 
 def _end_system(p: Plan, n: str, net_routers: dict[str, list[str]],
                 near: dict[str, list[int]],
-                dests: list[tuple[list[IPNet], list[str], str]],
+                dests: list[tuple[list[tuple[IPNet, int]], list[str], str]],
                 addr: dict[tuple[str, str], dict[int, IPAddr]],
                 ifname: dict[tuple[str, str], str]) -> None:
     """A default route through the gateway; a multi-homed node also gets a
@@ -143,7 +145,7 @@ def _end_system(p: Plan, n: str, net_routers: dict[str, list[str]],
     np.gateway = gw[0]
     routes: list[Route] = []
     gdev = ifname[(n, gw[1])]
-    for fam, ver in ((ipaddress.IPv4Network("0.0.0.0/0"), 4), (ipaddress.IPv6Network("::/0"), 6)):
+    for fam, ver in DEFAULTS:
         g = addr[(gw[0], gw[1])].get(ver)
         if g is not None:
             routes.append(Route(fam, g, gdev))
@@ -153,20 +155,24 @@ def _end_system(p: Plan, n: str, net_routers: dict[str, list[str]],
         row_gw = near[gw[0]]
         # best[i] = (distance, candidate) when strictly closer than the gateway
         best: dict[int, tuple[int, Hop]] = {}
-        for c in cands:
-            row = near[c[0]]
-            for i, (dc, dg) in enumerate(zip(row, row_gw, strict=True)):
-                if dc < dg and (i not in best or dc < best[i][0]):
-                    best[i] = (dc, c)
+        if len(cands) == 1:
+            c = cands[0]
+            best = {i: (0, c) for i, dc, dg in zip(count(), near[c[0]], row_gw) if dc < dg}
+        else:
+            for c in cands:
+                row = near[c[0]]
+                for i, dc, dg in zip(count(), row, row_gw):
+                    if dc < dg and (i not in best or dc < best[i][0]):
+                        best[i] = (dc, c)
         for i in sorted(best):
-            prefixes, _, dnet = dests[i]
+            pv, _, dnet = dests[i]
             if dnet in mine:
                 continue
-            s, nid = best[i][1]
-            via = addr[(s, nid)]
-            dev = ifname[(n, nid)]
-            for pfx in prefixes:
-                g = via.get(pfx.version)
+            hop = best[i][1]
+            via = addr[hop]
+            dev = ifname[(n, hop[1])]
+            for pfx, ver in pv:
+                g = via.get(ver)
                 if g is not None:
                     routes.append(Route(pfx, g, dev))
     np.routes = routes
