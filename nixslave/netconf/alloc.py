@@ -59,7 +59,9 @@ class SubnetPool:
                     return False
         return True
 
-    def take(self, key: str, plen: int, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    def take(
+        self, key: str, plen: int, where: str
+    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         if plen < self.net.prefixlen:
             raise TopologyError(
                 f"a /{plen} does not fit in the {self.role} pool {self.net}", where=where,

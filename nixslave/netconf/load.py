@@ -136,7 +136,9 @@ def read_data(path: Path) -> Any:
             hint="fix the syntax",
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise TopologyError(f"not valid TOML: {exc}", where=str(path), hint="fix the syntax") from None
+        raise TopologyError(
+            f"not valid TOML: {exc}", where=str(path), hint="fix the syntax"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f": line {mark.line + 1}" if mark is not None else ""

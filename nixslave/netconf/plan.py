@@ -57,7 +57,7 @@ class Route:
         return self.destination.prefixlen == 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"to": str(self.destination), "via": str(self.via), "dev": self.dev}
+        d: dict[str, Any] = {"to": str(self.destination), "via": str(self.via), "dev": self.dev}
         if self.static:
             d["static"] = True
         return d
@@ -230,7 +230,7 @@ def _loopbacks(layout: Layout) -> dict[str, list[IPIf]]:
     fams = [(4, topo.pools.loopback4)] if topo.ipv4 else []
     if topo.ipv6:
         fams.append((6, topo.pools.loopback6))
-    for fam, pool in fams:
+    for _fam, pool in fams:
         net = ipaddress.ip_network(pool)
         slots = HostSlots(net)
         for name, node in topo.nodes.items():
@@ -293,7 +293,7 @@ def plan(topology: Topology) -> Plan:
         n.id: NetworkPlan(
             id=n.id, kind=n.kind, mtu=n.mtu, segment=n.segment,
             prefixes=[p for p in (n.prefix4, n.prefix6) if p is not None
-                      and ((p.version == 4 and topology.ipv4) or (p.version == 6 and topology.ipv6))],
+                      and (topology.ipv4 if p.version == 4 else topology.ipv6)],
             members=[(m.node, m.ifname) for m in n.members],
         )
         for n in layout.nets.values()
@@ -326,7 +326,8 @@ def _static_routes(p: Plan) -> None:
         if dev is None:
             raise TopologyError(f"gateway {via} is not on any prefix of {sr.node!r}",
                                 where=f"{where}.via",
-                                hint="a static route's gateway must be a directly connected neighbour")
+                                hint="a static route's gateway must be a directly "
+                                     "connected neighbour")
         np.routes = [r for r in np.routes if r.destination != to]
         np.routes.append(Route(destination=to, via=via, dev=dev, static=True))
 

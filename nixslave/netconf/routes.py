@@ -80,7 +80,8 @@ def compute_routes(p: Plan) -> None:
 
     inf = 1 << 30
     # prefixes with their version, so the hot loop reads no ipaddress properties
-    dests_v = [([(pfx, pfx.version) for pfx in prefixes], rs, nid) for prefixes, rs, nid in dests]
+    dests_v: list[tuple[list[tuple[IPNet, int]], list[str], str]] = [
+        ([(pfx, int(pfx.version)) for pfx in prefixes], rs, nid) for prefixes, rs, nid in dests]
     near: dict[str, list[int]] = {}
     for r in routers:
         dist, first = tables[r]

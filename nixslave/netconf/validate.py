@@ -8,6 +8,7 @@ and a wrong network is much more expensive to debug than a refused one.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -278,7 +279,7 @@ def _check_static(topo: Topology, nets: dict[str, Net]) -> None:
              for p in [n.prefix4 if fam == 4 else n.prefix6] if p is not None),
             key=lambda t: (int(t[0].network_address), -t[0].prefixlen),
         )
-        for (pa, wa), (pb, wb) in zip(statics, statics[1:], strict=False):
+        for (pa, wa), (pb, wb) in itertools.pairwise(statics):
             if pa.overlaps(pb):  # type: ignore[arg-type]
                 raise _err(wb, f"prefix {pb} overlaps {pa} of {wa}",
                            "give every link and segment its own prefix")

@@ -218,7 +218,8 @@ def libvirt_interfaces(plan: Plan, node: str, *, base_port: int = 40000) -> str:
                            f"<local address='127.0.0.1' port='{port + idx}'/></source>")
         else:
             head = "<interface type='bridge'>"
-            body.insert(0, f"  <source bridge={quoteattr('nb' + short_id(plan.name, i.link_id, n=12))}/>")
+            bridge = "nb" + short_id(plan.name, i.link_id, n=12)
+            body.insert(0, f"  <source bridge={quoteattr(bridge)}/>")
         parts.append("\n".join([head, *body, "</interface>"]))
     return "\n".join(parts) + "\n"
 
