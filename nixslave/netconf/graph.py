@@ -39,10 +39,9 @@ def is_segment(g: nx.MultiGraph, n: str) -> bool:
 def interfaces(g: nx.MultiGraph, node: str) -> list[tuple[str, str]]:
     """(interface name, network id) of a node, from the graph's edges."""
     out = []
-    for _, other, data in g.edges(node, data=True):
+    for _, _, data in g.edges(node, data=True):
         name = data["ifname"] if "ifname" in data else data["ifnames"][node]
         out.append((name, data["net"]))
-        del other
     return sorted(out)
 
 
@@ -57,17 +56,17 @@ def neighbours(g: nx.MultiGraph, node: str) -> list[str]:
     return sorted(out)
 
 
-def node_graph(g: nx.MultiGraph, *, routers_only_transit: bool = False) -> nx.Graph:
-    """A simple graph of nodes, segments collapsed into cliques."""
+def node_graph(g: nx.MultiGraph, *, kinds: set[str] | None = None) -> nx.Graph:
+    """A simple graph of nodes (optionally only some kinds, e.g. the router
+    graph that routes are searched on), segments collapsed into cliques."""
     h: nx.Graph = nx.Graph()
     for n, d in g.nodes(data=True):
-        if d.get("type") == "node":
+        if d.get("type") == "node" and (kinds is None or d.get("kind") in kinds):
             h.add_node(n, **d)
     for n in list(h.nodes):
         for m in neighbours(g, n):
-            h.add_edge(n, m)
-    if routers_only_transit:
-        del routers_only_transit
+            if m in h:
+                h.add_edge(n, m)
     return h
 
 

@@ -46,8 +46,6 @@ def import_clab(data: Any, *, source: str = "clab") -> dict[str, Any]:
                             where=source, hint="a .clab.yml has name: and topology:")
     topo = data["topology"]
     kinds_default = (topo.get("defaults") or {}).get("kind")
-    kinds = topo.get("kinds") or {}
-    del kinds
     out: dict[str, Any] = {"name": _name(data.get("name", "lab"), f"{source}: name"),
                            "nodes": {}, "segments": {}, "links": []}
     names: dict[str, str] = {}

@@ -91,6 +91,24 @@ def test_adding_a_node_changes_nothing_existing(data: dict[str, Any], more: st.D
             assert after[n][key] == ident, (n, key)
 
 
+@settings(max_examples=40, deadline=None)
+@given(topologies(), st.data())
+def test_adding_a_link_changes_nothing_existing(data: dict[str, Any],
+                                                more: st.DataObject) -> None:
+    data = _clean(data)
+    before = _identity(plan(topology_from_data(data)))
+    names = list(data["nodes"])
+    a = more.draw(st.sampled_from(names))
+    b = more.draw(st.sampled_from([*names, *data["segments"]]))
+    if a == b or (b in data["segments"] and [a, b] in data["links"]):
+        return
+    grown = {**data, "links": [*data["links"], [a, b]]}
+    after = _identity(plan(topology_from_data(grown)))
+    for n, ifaces in before.items():
+        for key, ident in ifaces.items():
+            assert after[n][key] == ident, (n, key)
+
+
 def test_random_50_like_generator_is_reachable() -> None:
     p = plan(topology_from_data(random_topology(120, seed=7, router_ratio=0.1)))
     check_unique(p)
