@@ -33,12 +33,13 @@ def _match_by_mac(np: NodePlan) -> bool:
     return np.kind != "container"
 
 
-def render_nixos(plan: Plan, node: str) -> str:
+def render_nixos(plan: Plan, node: str, *, legacy_routes: bool = False) -> str:
     """A NixOS module (systemd-networkd) for one node.
 
     Option names follow nixpkgs' nixos/modules/system/boot/networkd.nix;
-    routes use the attribute form of nixpkgs 24.05 and later
-    (``{ Destination = ...; Gateway = ...; }``).
+    routes use the plain attribute form of nixpkgs 24.11 and later
+    (``{ Destination = ...; Gateway = ...; }``, nixpkgs PR 312472);
+    ``legacy_routes`` wraps them in ``routeConfig`` for older nixpkgs.
     """
     np = plan.node(node)
     by_dev = _routes_by_dev(np)
@@ -73,8 +74,10 @@ def render_nixos(plan: Plan, node: str) -> str:
         if rest:
             out.append("    routes = [")
             for r in rest:
-                out.append(f"      {{ Destination = {_nix_str(str(r.destination))}; "
-                           f"Gateway = {_nix_str(str(r.via))}; }}")
+                body = (f"Destination = {_nix_str(str(r.destination))}; "
+                        f"Gateway = {_nix_str(str(r.via))};")
+                out.append(f"      {{ routeConfig = {{ {body} }}; }}" if legacy_routes
+                           else f"      {{ {body} }}")
             out.append("    ];")
         out.append(f"    linkConfig.MTUBytes = {_nix_str(str(i.mtu))};")
         if not _match_by_mac(np):

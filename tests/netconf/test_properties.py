@@ -109,7 +109,7 @@ def test_adding_a_link_changes_nothing_existing(data: dict[str, Any],
             assert after[n][key] == ident, (n, key)
 
 
-def test_random_50_like_generator_is_reachable() -> None:
-    p = plan(topology_from_data(random_topology(120, seed=7, router_ratio=0.1)))
+def test_random_generator_is_reachable() -> None:
+    p = plan(topology_from_data(random_topology(70, seed=7, router_ratio=0.1)))
     check_unique(p)
-    assert check_reachability(p) > 1000
+    assert check_reachability(p) > 500
