@@ -10,6 +10,7 @@ and 10,000 under 10 s.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             ok &= goal is None or t < goal
             print(f"{shape:<12}{len(p.nodes):>8}{routers:>9}{routes:>10}{t:>10.3f}  {verdict}")
         sizes = sorted(times)
-        for a, b in zip(sizes, sizes[1:], strict=False):
+        for a, b in itertools.pairwise(sizes):
             ratio = times[b] / times[a] / (b / a)
             print(f"{shape:<12} t({b})/t({a})/{b // a} = {ratio:.2f} (1.0 is linear)")
     return 0 if ok else 1

@@ -7,7 +7,7 @@ prints them as one line and exits 2.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -32,14 +32,14 @@ app = typer.Typer(no_args_is_help=True)
 FILE = typer.Argument(..., help="Topology file (.yml, .json or .toml).")
 
 
-class RenderFormat(str, Enum):
+class RenderFormat(StrEnum):
     nixos = "nixos"
     networkd = "networkd"
     sh = "sh"
     hosts = "hosts"
 
 
-class GraphFormat(str, Enum):
+class GraphFormat(StrEnum):
     dot = "dot"
     mermaid = "mermaid"
     json = "json"
@@ -47,12 +47,12 @@ class GraphFormat(str, Enum):
     png = "png"
 
 
-class ImportFormat(str, Enum):
+class ImportFormat(StrEnum):
     clab = "clab"
     netlab = "netlab"
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     qemu = "qemu"
     virtualbox = "virtualbox"
     nspawn = "nspawn"
