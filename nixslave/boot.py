@@ -36,6 +36,7 @@ def extlinux_conf(toplevel: str, spec: MachineSpec, *, kernel: str, initrd: str,
                   store_root: Path | None = None) -> str:
     """The single entry of a self-booting disk; there is nothing to choose."""
     return (
+        "SERIAL 0 115200\n"
         "DEFAULT nixslave\n"
         "TIMEOUT 1\n"
         "PROMPT 0\n"

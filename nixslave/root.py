@@ -9,6 +9,7 @@ the guest has Nix at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -198,7 +199,11 @@ def force_rmtree(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
-    subprocess.run(["chmod", "-R", "u+w", str(path)], capture_output=True)
+    # Only directories need write permission for their entries to go.  Files
+    # may be hardlinks into the host store, whose modes must never change.
+    for dirpath, _dirnames, _files in os.walk(path):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o755)
     shutil.rmtree(path, ignore_errors=True)
 
 

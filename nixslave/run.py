@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nixslave import accel
+from nixslave.backends import Artifact
 from nixslave.errors import RunError
+from nixslave.nixos import STORE_TAG
 
 BOOT_MARKER = "NIXSLAVE-BOOT-OK"
 
@@ -290,3 +292,37 @@ def fleet(configs: Sequence[VMConfig], rundir: Path, *, helper_argvs: Sequence[S
                 t.start()
             for t in threads:
                 t.join()
+
+
+def vm_config(artifact: Artifact, *, net_args: Sequence[str] = (), snapshot: bool = True,
+              memory: int | None = None) -> VMConfig:
+    """The host's side of an artifact: drives, shares and (direct) boot files.
+
+    ``snapshot`` keeps the image pristine: guest writes go to a throw-away
+    overlay, which is what tests and demos want.
+    """
+    if artifact.kind != "disk":
+        raise RunError(f"cannot boot a {artifact.kind} artifact under qemu",
+                       where=artifact.name, hint="use the container runner")
+    if not artifact.image.exists():
+        raise RunError("the image is missing", where=str(artifact.image),
+                       hint="rebuild it with nixslave image build")
+    drives = [Drive(artifact.image, artifact.format, serial="nixslave-root",
+                    snapshot=snapshot)]
+    if artifact.store_image is not None:
+        drives.append(Drive(artifact.store_image, artifact.format, serial="nixslave-store",
+                            readonly=True))
+    shares = []
+    if artifact.share_dir is not None:
+        shares.append(Share(artifact.share_dir, tag=STORE_TAG, kind=artifact.store))
+    cfg = VMConfig(name=artifact.name, memory=memory or artifact.memory, cpus=artifact.cpus,
+                   drives=drives, shares=shares, net_args=list(net_args))
+    if artifact.boot == "direct":
+        top = Path(artifact.toplevel)
+        if not (top / "kernel").exists():
+            raise RunError(f"{artifact.toplevel} is not in the host store",
+                           where=artifact.name,
+                           hint="direct boot reads the kernel from the host store; "
+                                "rebuild the image or restore its GC root")
+        cfg.kernel, cfg.initrd, cfg.append = top / "kernel", top / "initrd", artifact.cmdline
+    return cfg

@@ -1,0 +1,331 @@
+"""Raw and qcow2 disks in three store layouts, built without a VM.
+
+The pipeline is: ``Root.prepare`` into a scratch tree beside the target,
+``mkfs.ext4 -d`` into a raw file (at a 1 MiB partition offset for a
+self-booting disk), libguestfs only to install extlinux, then ``qemu-img
+convert``.  Every intermediate lives in a scratch directory next to the
+target and the target appears by one rename at the end, so an interrupted
+build leaves nothing at the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nixslave import boot, nix
+from nixslave.backends import Artifact, sidecar_path
+from nixslave.backends.ext4 import (
+    MIB,
+    derived_uuid,
+    mkfs,
+    normalize_inode_times,
+    round_up,
+    tree_usage,
+)
+from nixslave.errors import BuildError
+from nixslave.nixos import ROOT_LABEL, STORE_LABEL, store_kind
+from nixslave.root import Root, copy_paths, force_rmtree, normalize_times
+
+PART_OFFSET = MIB
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DiskOptions:
+    """qcow2 knobs; ignored for raw output."""
+
+    format: Literal["raw", "qcow2"] = "qcow2"
+    cluster_size: int | None = None
+    preallocation: Literal["off", "metadata"] = "off"
+    compression: Literal["zlib", "zstd"] | None = None
+    overlay: Path | None = None  # also create a per-instance overlay here
+    gcroot: bool = True
+
+    def check(self) -> None:
+        cs = self.cluster_size
+        if cs is not None and (cs < 512 or cs > 2 * MIB or cs & (cs - 1)):
+            raise BuildError(f"cluster size {cs} is not a power of two in 512 .. 2M",
+                             where="qcow2 options", hint="use 64K (the default) or 1M")
+        if self.format == "raw" and (self.compression or self.overlay or cs
+                                     or self.preallocation != "off"):
+            raise BuildError("compression, cluster size, preallocation and overlays need qcow2",
+                             where="disk options", hint="use --format qcow2")
+        if self.compression and self.preallocation == "metadata":
+            raise BuildError("compressed qcow2 cannot be preallocated", where="qcow2 options",
+                             hint="drop --preallocation or --compress")
+
+
+def store_image_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-store{out.suffix}")
+
+
+def share_dir_path(out: Path, name: str) -> Path:
+    return out.parent / name / "store"
+
+
+def _say(progress: Progress | None) -> Progress:
+    return progress or (lambda _m: None)
+
+
+def _run(cmd: list[str], what: str, where: Path) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = " ".join(proc.stderr.split())[-300:]
+        raise BuildError(f"{what} failed: {msg}", where=str(where),
+                         hint=f"rerun with --debug; the command was {cmd[0]}")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def clean_stale(out: Path) -> None:
+    """Remove scratch directories of earlier builds of ``out`` that were killed."""
+    for stale in out.parent.glob(f".{out.name}.nixslave-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            force_rmtree(stale)
+
+
+class DiskBackend:
+    """raw/qcow2 disks; one class per output format family, as elsewhere."""
+
+    name = "disk"
+
+    def materialize(self, root: Root, out: Path, options: DiskOptions | None = None, *,
+                    progress: Progress | None = None) -> Artifact:
+        opts = options or DiskOptions()
+        opts.check()
+        spec = root.spec
+        say = _say(progress)
+        out = Path(out).absolute()
+        if out.is_dir():
+            raise BuildError("the output is a directory", where=str(out),
+                             hint="give a file name such as machine.qcow2")
+        if not out.parent.is_dir():
+            raise BuildError("the output directory does not exist", where=str(out.parent),
+                             hint="create it first")
+        self._check_size_early(root)
+        clean_stale(out)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.nixslave-{os.getpid()}-",
+                                     dir=out.parent))
+        try:
+            artifact = self._build(root, out, opts, work, say)
+        finally:
+            force_rmtree(work)
+        if opts.gcroot:
+            nix.add_gcroot(f"{spec.name}-current", root.toplevel)
+            record_image(spec.name, artifact)
+        say(f"wrote {out}")
+        return artifact
+
+    # -- steps ------------------------------------------------------------------
+
+    def _check_size_early(self, root: Root) -> None:
+        """Refuse an obviously small --size before copying anything."""
+        size = root.spec.size
+        if size is not None and root.spec.layout == "disk" and size < root.nar_size:
+            raise BuildError(
+                f"--size {size // MIB} MiB cannot hold the closure "
+                f"({root.nar_size / MIB:.1f} MiB of store paths)",
+                where=f"machine {root.spec.name}.size",
+                hint="leave --size unset for an automatic size")
+
+    def _fs_size(self, root: Root, tree: Path) -> int:
+        spec = root.spec
+        need = tree_usage(tree).min_fs_size(journal=True)
+        overhead = PART_OFFSET if spec.boot == "bios" else 0
+        if spec.size is None:
+            return round_up(need + max(64 * MIB, need // 10), MIB)
+        fs = spec.size - overhead
+        if fs < need:
+            raise BuildError(
+                f"--size {spec.size // MIB} MiB is too small: the root file system needs "
+                f"at least {(need + overhead + MIB - 1) // MIB} MiB",
+                where=f"machine {spec.name}.size",
+                hint="leave --size unset for an automatic size")
+        return fs
+
+    def _build(self, root: Root, out: Path, opts: DiskOptions, work: Path,
+               say: Progress) -> Artifact:
+        spec = root.spec
+        kind = store_kind(spec)
+        say(f"preparing the root tree ({len(root.paths)} store paths, "
+            f"{root.nar_size / MIB:.1f} MiB)")
+        tree = root.prepare(work / "tree", include_store=(kind == "disk"), progress=say)
+        loader: dict[str, str] = {}
+        if spec.boot == "bios":
+            loader = self._write_extlinux_conf(root, tree)
+        fs_size = self._fs_size(root, tree)
+        raw = work / "disk.raw"
+        fs_uuid = derived_uuid(root.toplevel, spec.name, "root")
+        say(f"making the root file system ({fs_size // MIB} MiB, mkfs.ext4 -d)")
+        if spec.boot == "bios":
+            from nixslave.backends import bootloader
+
+            total = fs_size + PART_OFFSET
+            with open(raw, "wb") as f:
+                f.truncate(total)
+            bootloader.partition(raw, disk_id=fs_uuid)
+            mkfs(raw, tree, label=ROOT_LABEL, size=fs_size, fs_uuid=fs_uuid,
+                 offset=PART_OFFSET, journal=False)
+            say("installing extlinux (libguestfs)")
+            bootloader.install_extlinux(raw, offset=PART_OFFSET,
+                                        dense=(loader["kernel"], loader["initrd"]))
+            bootloader.add_journal(raw, offset=PART_OFFSET)
+        else:
+            mkfs(raw, tree, label=ROOT_LABEL, size=fs_size, fs_uuid=fs_uuid)
+            normalize_inode_times(raw)
+        store_image = share_dir = None
+        if kind == "store-disk":
+            store_image = self._store_disk(root, out, opts, work, say)
+        elif kind in ("9p", "virtiofs"):
+            share_dir = self._share_dir(root, out, work, say)
+        say(f"writing {opts.format}")
+        self._emit(raw, out, opts, work)
+        artifact = Artifact(
+            name=spec.name, kind="disk", format=opts.format, image=out,
+            toplevel=root.toplevel, layout=spec.layout, store=kind, boot=spec.boot,
+            cmdline=boot.cmdline(root.toplevel, spec), store_image=store_image,
+            share_dir=share_dir, memory=spec.memory, cpus=spec.cpus,
+            sha256=sha256_file(out), virtual_size=fs_size + (
+                PART_OFFSET if spec.boot == "bios" else 0),
+            extra={"closurePaths": len(root.paths), "narSize": root.nar_size, **loader},
+        )
+        if opts.overlay is not None:
+            make_overlay(out, opts.overlay)
+            artifact.extra["overlay"] = str(opts.overlay)
+        artifact.save()
+        return artifact
+
+    def _write_extlinux_conf(self, root: Root, tree: Path) -> dict[str, str]:
+        """The host writes the single boot entry before the file system exists."""
+        spec = root.spec
+        top = Path(root.toplevel)
+        kernel = os.path.realpath(top / "kernel")
+        initrd = os.path.realpath(top / "initrd")
+        bootdir = tree / "boot"
+        (bootdir / "extlinux").mkdir(parents=True)
+        if store_kind(spec) != "disk":
+            # SYSLINUX reads only its own partition: the kernel must be on it.
+            shutil.copy2(kernel, bootdir / "kernel")
+            shutil.copy2(initrd, bootdir / "initrd")
+            kernel, initrd = "/boot/kernel", "/boot/initrd"
+        conf = boot.extlinux_conf(root.toplevel, spec, kernel=kernel, initrd=initrd)
+        (bootdir / "extlinux/extlinux.conf").write_text(conf)
+        normalize_times(tree)
+        return {"kernel": kernel, "initrd": initrd}
+
+    def _store_disk(self, root: Root, out: Path, opts: DiskOptions, work: Path,
+                    say: Progress) -> Path:
+        say("making the read-only store disk")
+        store_tree = work / "store-tree"
+        store_tree.mkdir()
+        copy_paths(root.paths, store_tree)
+        os.utime(store_tree, (1, 1))
+        usage = tree_usage(store_tree)
+        size = round_up(usage.min_fs_size(journal=False) + 8 * MIB, MIB)
+        raw = work / "store.raw"
+        mkfs(raw, store_tree, label=STORE_LABEL, size=size, journal=False,
+             fs_uuid=derived_uuid(root.toplevel, root.spec.name, "store"),
+             inodes=usage.inodes + 256)
+        normalize_inode_times(raw)
+        target = store_image_path(out)
+        self._emit(raw, target, DiskOptions(format=opts.format, cluster_size=opts.cluster_size,
+                                            compression=opts.compression), work)
+        return target
+
+    def _share_dir(self, root: Root, out: Path, work: Path, say: Progress) -> Path:
+        target = share_dir_path(out, root.spec.name)
+        say(f"filling the shared store {target}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".store.", dir=target.parent))
+        try:
+            method = copy_paths(root.paths, staging)
+            say(f"shared store made by {method}")
+            os.chmod(staging, 0o755)
+            old = None
+            if target.exists():
+                old = target.with_name(f".store.old.{os.getpid()}")
+                target.rename(old)
+            staging.rename(target)
+            if old is not None:
+                force_rmtree(old)
+        except BaseException:
+            force_rmtree(staging)
+            raise
+        return target
+
+    def _emit(self, raw: Path, target: Path, opts: DiskOptions, work: Path) -> None:
+        """Convert (or move) the raw file into place with one rename."""
+        tmp = work / f"out.{opts.format}"
+        if opts.format == "raw":
+            raw.rename(tmp)
+        else:
+            o = []
+            if opts.cluster_size:
+                o.append(f"cluster_size={opts.cluster_size}")
+            if opts.preallocation != "off":
+                o.append(f"preallocation={opts.preallocation}")
+            if opts.compression:
+                o.append(f"compression_type={opts.compression}")
+            cmd = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2"]
+            if o:
+                cmd += ["-o", ",".join(o)]
+            if opts.compression:
+                cmd.append("-c")
+            _run([*cmd, str(raw), str(tmp)], "qemu-img convert", target)
+        tmp.replace(target)
+
+
+def make_overlay(base: Path, overlay: Path) -> None:
+    """A qcow2 overlay for one instance's writes; the base stays pristine."""
+    overlay = Path(overlay).absolute()
+    rel = os.path.relpath(base, overlay.parent)
+    tmp = overlay.with_name(f".{overlay.name}.{os.getpid()}.tmp")
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", rel, str(tmp)],
+         "qemu-img create (overlay)", overlay)
+    tmp.replace(overlay)
+    a = Artifact.load(base) if sidecar_path(base).exists() else None
+    if a is not None:
+        a.image = overlay
+        a.sha256 = ""
+        a.extra = {**a.extra, "backing": str(base)}
+        a.save()
+
+
+# -- host records of built images (for GC-root pruning) -------------------------
+
+RECORDS_DIR = Path("/nix/var/nixslave/images")
+
+
+def record_image(name: str, artifact: Artifact, *, records: Path = RECORDS_DIR) -> None:
+    """Remember which files a machine's GC root protects."""
+    import json
+
+    records.mkdir(parents=True, exist_ok=True)
+    path = records / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {"images": []}
+    images = {str(p) for p in data.get("images", [])} | {str(artifact.image)}
+    data = {"name": name, "toplevel": artifact.toplevel, "images": sorted(images)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
