@@ -1,0 +1,204 @@
+"""How an untrusted image is opened: checked by qemu-img, then read-only in libguestfs.
+
+The format is read with ``qemu-img info`` and passed to libguestfs
+explicitly, because letting qemu probe a raw image lets the image's own bytes
+decide how it is opened.  Backing files must live beside the image, because
+a backing file is a way for an image to read any host file.  Every drive is
+added read-only, and one appliance launch serves a whole operation, because
+a launch costs seconds (tens under TCG).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from nixslave import accel
+from nixslave.errors import ImageError, ToolError
+from nixslave.nixos import ROOT_LABEL
+
+FORMATS = ("raw", "qcow2", "vdi", "vmdk", "vpc")
+MANIFEST = "nix/var/nixslave/manifest.json"
+MAX_BACKING_DEPTH = 16
+# Mount points inside the appliance: the root fs and an optional store fs.
+ROOT_MP = "/root"
+STORE_MP = "/store"
+Fs = tuple[str, str, str]  # device, fs type, label
+
+# -- qemu-img -----------------------------------------------------------------
+
+def _qemu_img_info(path: Path, where: str) -> dict[str, Any]:
+    """``qemu-img info`` of one file, without opening its backing chain."""
+    exe = shutil.which("qemu-img")
+    if exe is None:
+        raise ToolError("qemu-img is not installed", where="image inspect",
+                        hint="apt-get install qemu-utils")
+    proc = subprocess.run([exe, "info", "-U", "--output=json", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = proc.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise ImageError(f"qemu-img cannot read the image: {msg[0]}", where=where,
+                         hint="check that the file is a disk image and is readable")
+    try:
+        info: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        raise ImageError("qemu-img printed no JSON", where=where,
+                         hint="check the qemu-utils installation") from None
+    return info
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise ImageError(f"{what} does not exist", where=str(path),
+                         hint="check the path of the image")
+    if not path.is_file():
+        raise ImageError(f"{what} is not a regular file", where=str(path),
+                         hint="pass a disk image file, not a directory or device")
+
+
+def probe_image(path: Path) -> dict[str, Any]:
+    """Format, sizes and backing file of ``path``; refuse what must not be opened.
+
+    The whole backing chain is checked here, file by file, before libguestfs
+    (qemu) follows it: every member must be a plain file in the top image's
+    directory and of an accepted format.
+    """
+    where = str(path)
+    _check_file(path, "the image")
+    top = _qemu_img_info(path, where)
+    fmt = top.get("format", "")
+    if fmt not in FORMATS:
+        raise ImageError(f"image format {fmt!r} is not supported", where=where,
+                         hint=f"convert it with qemu-img convert -O qcow2; accepted: "
+                              f"{', '.join(FORMATS)}")
+    base_dir = path.resolve().parent
+    info, current, depth = top, path, 0
+    while backing := info.get("full-backing-filename") or info.get("backing-filename"):
+        depth += 1
+        backing_path = (current.parent / backing).resolve()
+        if ":" in backing.split("/")[0] or backing_path.parent != base_dir:
+            raise ImageError(f"backing file {backing} is outside the image's directory",
+                             where=where, hint="flatten it with qemu-img convert, or move "
+                                               "the backing file next to the image")
+        if depth > MAX_BACKING_DEPTH:
+            raise ImageError("the backing chain is too long", where=where,
+                             hint="flatten it with qemu-img convert")
+        _check_file(backing_path, f"backing file {backing}")
+        info = _qemu_img_info(backing_path, where)
+        if info.get("format") not in FORMATS:
+            raise ImageError(f"backing file {backing} has format {info.get('format')!r}",
+                             where=where, hint="flatten the image with qemu-img convert")
+        current = backing_path
+    data_file = top.get("format-specific", {}).get("data", {}).get("data-file")
+    if data_file:
+        raise ImageError(f"the image uses an external data file ({data_file})", where=where,
+                         hint="convert it to a self-contained image with qemu-img convert")
+    return top
+
+
+# -- libguestfs ---------------------------------------------------------------
+
+@contextmanager
+def guestfs_handle(env: dict[str, str] | None = None) -> Iterator[Any]:
+    """A GuestFS handle with nixslave's backend settings, always closed.
+
+    The settings are applied to the handle rather than to ``os.environ`` so
+    that a caller's environment is left alone and TCG is forced exactly when
+    qemu itself would have to use it.
+    """
+    try:
+        import guestfs  # type: ignore[import-not-found]
+    except ImportError:
+        raise ToolError("the libguestfs Python binding is missing", where="image inspect",
+                        hint="apt-get install python3-guestfs and use a venv made with "
+                             "--system-site-packages") from None
+    settings = env if env is not None else accel.guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.set_backend(settings.get("LIBGUESTFS_BACKEND", "direct"))
+        if extra := settings.get("LIBGUESTFS_BACKEND_SETTINGS"):
+            g.set_backend_settings(extra.split(":"))
+        yield g
+    finally:
+        with suppress(RuntimeError):
+            g.shutdown()
+        g.close()
+
+
+def launch(g: Any, drives: list[tuple[Path, str]], where: str) -> list[str]:
+    """Add the drives read-only and launch; return their devices in order."""
+    try:
+        for path, fmt in drives:
+            g.add_drive_opts(str(path), format=fmt, readonly=True)
+        g.launch()
+        devices: list[str] = g.list_devices()
+        for mp in (ROOT_MP, STORE_MP):
+            g.mkmountpoint(mp)
+    except RuntimeError as exc:
+        raise ImageError(f"the libguestfs appliance did not start: {exc}", where=where,
+                         hint="run `nixslave doctor` or libguestfs-test-tool") from None
+    return devices
+
+
+def filesystems(g: Any, disk: str) -> list[Fs]:
+    """(device, fstype, label) of every file system on ``disk``, disk order."""
+    out = []
+    for dev, fstype in sorted(g.list_filesystems().items()):
+        if fstype in ("unknown", "swap"):
+            continue
+        parent = dev if dev == disk else _parent(g, dev)
+        if parent != disk:
+            continue
+        try:
+            label = g.vfs_label(dev)
+        except RuntimeError:
+            label = ""
+        out.append((dev, fstype, label))
+    return out
+
+
+def _parent(g: Any, dev: str) -> str | None:
+    try:
+        return str(g.part_to_dev(dev))
+    except RuntimeError:
+        return None
+
+
+def partition_table(g: Any, disk: str) -> str:
+    try:
+        kind = str(g.part_get_parttype(disk))
+    except RuntimeError:
+        return "none"
+    return "mbr" if kind == "msdos" else kind
+
+
+def mount(g: Any, dev: str, mp: str) -> bool:
+    try:
+        g.mount_ro(dev, mp)
+    except RuntimeError:
+        return False
+    return True
+
+
+def find_root(g: Any, fss: list[Fs]) -> Fs | None:
+    """Mount the root fs at ROOT_MP: by nixslave's label, else anything NixOS-like.
+
+    Without a NixOS candidate the first mountable file system stays mounted,
+    so the report can still say how full it is.
+    """
+    by_label = [fs for fs in fss if fs[2] == ROOT_LABEL]
+    for fs in by_label + [fs for fs in fss if fs not in by_label]:
+        if not mount(g, fs[0], ROOT_MP):
+            continue
+        if g.is_file(f"{ROOT_MP}/etc/NIXOS") or g.is_file(f"{ROOT_MP}/{MANIFEST}"):
+            return fs
+        g.umount(ROOT_MP)
+    for fs in fss:
+        if mount(g, fs[0], ROOT_MP):
+            return fs
+    return None
