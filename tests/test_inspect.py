@@ -237,6 +237,18 @@ def test_backing_file_must_be_beside_the_image(tmp_path: Path) -> None:
     assert probe_image(ok)["backing-filename"] == beside.name
 
 
+def test_vmdk_extents_must_be_beside_the_image(tmp_path: Path) -> None:
+    img = tmp_path / "d.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+                    str(img), "16M"], check=True)
+    assert probe_image(img)["format"] == "vmdk"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d-flat.vmdk").rename(tmp_path / "elsewhere/d-flat.vmdk")
+    img.write_text(img.read_text().replace('"d-flat.vmdk"', '"elsewhere/d-flat.vmdk"'))
+    with pytest.raises(ImageError, match=r"vmdk extent \S*elsewhere/d-flat\.vmdk is outside"):
+        inspect_image(img)
+
+
 @pytest.mark.parametrize(("data", "problem"), [
     ([], "not a JSON object"),
     ({"toplevel": "/nix/store/x", "layout": "disk", "boot": "direct"}, "no 'closure'"),

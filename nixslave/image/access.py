@@ -65,40 +65,53 @@ def probe_image(path: Path) -> dict[str, Any]:
     """Format, sizes and backing file of ``path``; refuse what must not be opened.
 
     The whole backing chain is checked here, file by file, before libguestfs
-    (qemu) follows it: every member must be a plain file in the top image's
-    directory and of an accepted format.
+    (qemu) follows it: every member, and every vmdk extent, must be a plain
+    file in the top image's directory, and every member of an accepted format.
     """
     where = str(path)
     _check_file(path, "the image")
     top = _qemu_img_info(path, where)
-    fmt = top.get("format", "")
-    if fmt not in FORMATS:
-        raise ImageError(f"image format {fmt!r} is not supported", where=where,
-                         hint=f"convert it with qemu-img convert -O qcow2; accepted: "
-                              f"{', '.join(FORMATS)}")
     base_dir = path.resolve().parent
     info, current, depth = top, path, 0
-    while backing := info.get("full-backing-filename") or info.get("backing-filename"):
+    while True:
+        fmt = info.get("format", "")
+        if fmt not in FORMATS:
+            what = "image" if depth == 0 else f"backing file {current.name}"
+            raise ImageError(f"{what} format {fmt!r} is not supported", where=where,
+                             hint=f"convert it with qemu-img convert -O qcow2; accepted: "
+                                  f"{', '.join(FORMATS)}")
+        _check_parts(info, current, base_dir, where)
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        if not backing:
+            return top
         depth += 1
-        backing_path = (current.parent / backing).resolve()
-        if ":" in backing.split("/")[0] or backing_path.parent != base_dir:
-            raise ImageError(f"backing file {backing} is outside the image's directory",
-                             where=where, hint="flatten it with qemu-img convert, or move "
-                                               "the backing file next to the image")
         if depth > MAX_BACKING_DEPTH:
             raise ImageError("the backing chain is too long", where=where,
                              hint="flatten it with qemu-img convert")
-        _check_file(backing_path, f"backing file {backing}")
-        info = _qemu_img_info(backing_path, where)
-        if info.get("format") not in FORMATS:
-            raise ImageError(f"backing file {backing} has format {info.get('format')!r}",
-                             where=where, hint="flatten the image with qemu-img convert")
-        current = backing_path
-    data_file = top.get("format-specific", {}).get("data", {}).get("data-file")
-    if data_file:
-        raise ImageError(f"the image uses an external data file ({data_file})", where=where,
+        current = _beside(backing, current, base_dir, where, "backing file")
+        _check_file(current, f"backing file {backing}")
+        info = _qemu_img_info(current, where)
+
+
+def _beside(name: str, current: Path, base_dir: Path, where: str, what: str) -> Path:
+    """``name`` (relative to ``current``) resolved; refused unless it is in ``base_dir``."""
+    resolved = (current.parent / name).resolve()
+    if ":" in name.split("/")[0] or resolved.parent != base_dir:
+        raise ImageError(f"{what} {name} is outside the image's directory", where=where,
+                         hint="flatten the image with qemu-img convert, or move the "
+                              f"{what} next to the image")
+    return resolved
+
+
+def _check_parts(info: dict[str, Any], current: Path, base_dir: Path, where: str) -> None:
+    """External data files are refused; vmdk extents must lie beside the image."""
+    data = info.get("format-specific", {}).get("data", {})
+    if data.get("data-file"):
+        raise ImageError(f"the image uses an external data file ({data['data-file']})",
+                         where=where,
                          hint="convert it to a self-contained image with qemu-img convert")
-    return top
+    for extent in data.get("extents", []):
+        _beside(str(extent.get("filename", "")), current, base_dir, where, "vmdk extent")
 
 
 # -- libguestfs ---------------------------------------------------------------
