@@ -247,19 +247,25 @@ class VM:
 
 
 @contextmanager
-def helpers(argvs: Sequence[Sequence[str]], rundir: Path) -> Iterator[None]:
-    """Start helper daemons (vde_switch hubs) and stop them afterwards."""
+def helpers(argvs: Sequence[tuple[Sequence[str], Path | None]], rundir: Path,
+            timeout: float = 10.0) -> Iterator[None]:
+    """Start helper daemons (vde_switch hubs), wait until each is ready, stop them after.
+
+    Each entry is an argv and the path whose existence says it is ready.
+    """
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for i, argv in enumerate(argvs):
+        for i, (argv, _ready) in enumerate(argvs):
             log = open(rundir / f"helper{i}.log", "wb")  # noqa: SIM115
             procs.append(subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=log,
                                           stderr=log, start_new_session=True))
-        time.sleep(0.3 if procs else 0)
-        for p, argv in zip(procs, argvs, strict=True):
-            if p.poll() is not None:
-                raise RunError(f"{argv[0]} exited with {p.returncode}", where="network",
-                               hint=f"see {rundir}/helper*.log")
+        deadline = time.monotonic() + timeout
+        for p, (argv, ready) in zip(procs, argvs, strict=True):
+            while ready is not None and not ready.exists():
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise RunError(f"{argv[0]} did not start (exit {p.poll()})",
+                                   where="network", hint=f"see {rundir}/helper*.log")
+                time.sleep(0.05)
         yield
     finally:
         for p in procs:
@@ -273,7 +279,8 @@ def helpers(argvs: Sequence[Sequence[str]], rundir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def fleet(configs: Sequence[VMConfig], rundir: Path, *, helper_argvs: Sequence[Sequence[str]] = (),
+def fleet(configs: Sequence[VMConfig], rundir: Path, *,
+          helper_argvs: Sequence[tuple[Sequence[str], Path | None]] = (),
           echo: bool = False) -> Iterator[dict[str, VM]]:
     """Run several VMs of one topology at once; all are stopped on exit."""
     with ExitStack() as stack:

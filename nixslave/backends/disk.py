@@ -108,7 +108,9 @@ class DiskBackend:
     name = "disk"
 
     def materialize(self, root: Root, out: Path, options: DiskOptions | None = None, *,
-                    progress: Progress | None = None) -> Artifact:
+                    progress: Progress | None = None,
+                    extra: dict[str, object] | None = None) -> Artifact:
+        """Build the image(s) for ``root`` at ``out``; ``extra`` goes into the artifact."""
         opts = options or DiskOptions()
         opts.check()
         spec = root.spec
@@ -125,7 +127,7 @@ class DiskBackend:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.nixslave-{os.getpid()}-",
                                      dir=out.parent))
         try:
-            artifact = self._build(root, out, opts, work, say)
+            artifact = self._build(root, out, opts, work, say, extra)
         finally:
             force_rmtree(work)
         if opts.gcroot:
@@ -162,7 +164,7 @@ class DiskBackend:
         return fs
 
     def _build(self, root: Root, out: Path, opts: DiskOptions, work: Path,
-               say: Progress) -> Artifact:
+               say: Progress, extra: dict[str, object] | None) -> Artifact:
         spec = root.spec
         kind = store_kind(spec)
         say(f"preparing the root tree ({len(root.paths)} store paths, "
@@ -205,7 +207,8 @@ class DiskBackend:
             share_dir=share_dir, memory=spec.memory, cpus=spec.cpus,
             sha256=sha256_file(out), virtual_size=fs_size + (
                 PART_OFFSET if spec.boot == "bios" else 0),
-            extra={"closurePaths": len(root.paths), "narSize": root.nar_size, **loader},
+            extra={"closurePaths": len(root.paths), "narSize": root.nar_size,
+                   "demo": spec.demo, **loader, **(extra or {})},
         )
         if opts.overlay is not None:
             make_overlay(out, opts.overlay)

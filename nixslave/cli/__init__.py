@@ -8,6 +8,7 @@ as one line on stderr and exit code 2; `--debug` shows the traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import traceback
 
@@ -82,7 +83,13 @@ def format_error(exc: BaseException) -> str:
     return line
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so scratch files are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app(args=argv, standalone_mode=False)
     except SystemExit as exc:

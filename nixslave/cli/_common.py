@@ -19,7 +19,7 @@ class _State:
 
 
 state = _State()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def emit_json(data: Any) -> None:

@@ -1,0 +1,108 @@
+"""`nixslave image build|inspect`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from nixslave.backends.disk import DiskOptions
+from nixslave.build import build_image
+from nixslave.cli._common import emit_json, progress_printer, spec_data
+from nixslave.cli.root import CONFIG, DEMO, FLAKE, JSON, NIXPKGS, TOPLEVEL, WITH_NIX
+from nixslave.spec import MachineSpec, parse_size
+
+app = typer.Typer(no_args_is_help=True)
+
+
+class Format(str, Enum):  # noqa: UP042 - typer needs a str Enum
+    qcow2 = "qcow2"
+    raw = "raw"
+
+
+class Layout(str, Enum):  # noqa: UP042
+    disk = "disk"
+    store_disk = "store-disk"
+    shared = "shared"
+
+
+class Boot(str, Enum):  # noqa: UP042
+    direct = "direct"
+    bios = "bios"
+
+
+class ShareKind(str, Enum):  # noqa: UP042
+    ninep = "9p"
+    virtiofs = "virtiofs"
+
+
+class Compress(str, Enum):  # noqa: UP042
+    zstd = "zstd"
+    zlib = "zlib"
+
+
+@app.command("build")
+def build(
+    out: Path = typer.Option(..., "-o", "--output", help="Image file to write."),
+    name: str = typer.Option(None, "--name", "-n", help="Machine name (default: the node, "
+                             "else demo)."),
+    demo: bool = DEMO, config: Path = CONFIG, nixpkgs: Path = NIXPKGS,
+    toplevel: str = TOPLEVEL, flake: str = FLAKE, with_nix: bool = WITH_NIX,
+    fmt: Format = typer.Option(Format.qcow2, "--format", help="Image format."),
+    layout: Layout = typer.Option(Layout.disk, "--layout", help="Where the store lives."),
+    boot: Boot = typer.Option(Boot.direct, "--boot", help="Who loads the kernel."),
+    share: ShareKind = typer.Option(ShareKind.ninep, "--share", help="Shared store transport."),
+    size: str = typer.Option(None, "--size", help="Disk size (e.g. 2G); automatic if unset."),
+    memory: int = typer.Option(512, "--memory", help="Guest memory in MiB."),
+    cpus: int = typer.Option(1, "--cpus"),
+    halt: bool = typer.Option(None, "--halt/--no-halt", help="Demo system: power off after "
+                              "boot (default: halt unless --topology)."),
+    topology: Path = typer.Option(None, "--topology", help="Topology file (YAML/JSON/TOML)."),
+    node: str = typer.Option(None, "--node", help="This machine's node in the topology."),
+    cluster_size: str = typer.Option(None, "--cluster-size", help="qcow2 cluster size."),
+    preallocation: str = typer.Option("off", "--preallocation", help="off or metadata."),
+    compress: Compress = typer.Option(None, "--compress", help="qcow2 compression."),
+    overlay: Path = typer.Option(None, "--overlay", help="Also create a per-instance overlay."),
+    json_out: bool = JSON,
+) -> None:
+    """Materialize a machine into a raw or qcow2 disk, without a VM."""
+    if node is not None and topology is None:
+        raise typer.BadParameter("--node needs --topology")
+    if preallocation not in ("off", "metadata"):
+        raise typer.BadParameter("--preallocation must be off or metadata")
+    spec = MachineSpec.parse(spec_data(
+        name=name or node or "demo", demo=demo, config=config, nixpkgs=nixpkgs,
+        toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot.value,
+        layout=layout.value, share=share.value, size=size, memory=memory, cpus=cpus,
+        halt=(topology is None) if halt is None else halt))
+    options = DiskOptions(
+        format=fmt.value, cluster_size=parse_size(cluster_size) if cluster_size else None,
+        preallocation=preallocation,  # type: ignore[arg-type]
+        compression=compress.value if compress else None, overlay=overlay)  # type: ignore[arg-type]
+    artifact = build_image(spec, out, options, topology=topology, node=node,
+                           progress=progress_printer(json_out))
+    if json_out:
+        emit_json(artifact.to_json())
+    else:
+        print(artifact.image)
+
+
+@app.command("inspect")
+def inspect(image: Path = typer.Argument(..., help="Image to inspect."),
+            store_image: Path = typer.Option(None, "--store-image",
+                                             help="The store disk of a store-disk image."),
+            json_out: bool = JSON) -> None:
+    """Recognise a NixOS or nixslave image offline (libguestfs) and report on it."""
+    from nixslave.image.inspect import inspect_image
+
+    report = inspect_image(image, store_image=store_image).to_json()
+    if json_out:
+        emit_json(report)
+    else:
+        for key, value in report.items():
+            if isinstance(value, list) and len(value) > 8:
+                value = f"[{len(value)} entries]"
+            print(f"{key:>22}: {value}")
+    if not report.get("is_nixos"):
+        raise typer.Exit(1)
