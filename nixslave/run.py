@@ -30,6 +30,7 @@ from nixslave.errors import RunError
 from nixslave.nixos import STORE_TAG
 
 BOOT_MARKER = "NIXSLAVE-BOOT-OK"
+VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,37 @@ class VM:
         accel.announce(acc)
         for sock in ("console.sock", "qmp.sock"):
             (self.rundir / sock).unlink(missing_ok=True)
+        self._start_virtiofsd()
         argv = self.config.qemu_argv(self.rundir, acc)
         (self.rundir / "qemu.argv").write_text(json.dumps(argv, indent=1))
         self._stderr = open(self.rundir / "qemu.stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
                                      stderr=self._stderr, start_new_session=True)
         return self
+
+    def _start_virtiofsd(self) -> None:
+        """One virtiofsd per virtiofs share; the guest mounts it read-only."""
+        self._daemons: list[subprocess.Popen[bytes]] = []
+        for i, share in enumerate(self.config.shares):
+            if share.kind != "virtiofs":
+                continue
+            if not VIRTIOFSD.exists():
+                raise RunError(f"{VIRTIOFSD} is missing", where=f"vm {self.config.name}",
+                               hint="apt-get install qemu-system-common, or use --share 9p")
+            sock = self.rundir / f"virtiofs{i}.sock"
+            sock.unlink(missing_ok=True)
+            log = open(self.rundir / f"virtiofsd{i}.log", "wb")  # noqa: SIM115
+            self._daemons.append(subprocess.Popen(
+                [str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={share.path}",
+                 "-o", "cache=auto", "-o", "sandbox=chroot"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if self._daemons[-1].poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RunError("virtiofsd did not start", where=f"vm {self.config.name}",
+                                   hint=f"see {self.rundir}/virtiofsd{i}.log")
+                time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -228,6 +254,10 @@ class VM:
         return self.proc.returncode
 
     def kill(self) -> None:
+        for d in getattr(self, "_daemons", []):
+            if d.poll() is None:
+                d.kill()
+            d.wait()
         if self.proc is not None and self.proc.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

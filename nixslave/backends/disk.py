@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nixslave import boot, nix
+from nixslave import boot, gcroots, nix
 from nixslave.backends import Artifact, sidecar_path
 from nixslave.backends.ext4 import (
     MIB,
@@ -132,7 +132,7 @@ class DiskBackend:
             force_rmtree(work)
         if opts.gcroot:
             nix.add_gcroot(f"{spec.name}-current", root.toplevel)
-            record_image(spec.name, artifact)
+            gcroots.record_image(spec.name, artifact.image, root.toplevel)
         say(f"wrote {out}")
         return artifact
 
@@ -310,25 +310,3 @@ def make_overlay(base: Path, overlay: Path) -> None:
         a.sha256 = ""
         a.extra = {**a.extra, "backing": str(base)}
         a.save()
-
-
-# -- host records of built images (for GC-root pruning) -------------------------
-
-RECORDS_DIR = Path("/nix/var/nixslave/images")
-
-
-def record_image(name: str, artifact: Artifact, *, records: Path = RECORDS_DIR) -> None:
-    """Remember which files a machine's GC root protects."""
-    import json
-
-    records.mkdir(parents=True, exist_ok=True)
-    path = records / f"{name}.json"
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        data = {"images": []}
-    images = {str(p) for p in data.get("images", [])} | {str(artifact.image)}
-    data = {"name": name, "toplevel": artifact.toplevel, "images": sorted(images)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

@@ -110,7 +110,13 @@ let
     find . -exec touch -h -d @1 {} +
     find . | sort | cpio -o -H newc -R 0:0 > ../extra.cpio
     cd ..
-    cat ${importFile "host-initrd" initrdPath} extra.cpio > $out
+    # Each archive must start on a 4-byte boundary; zeros between archives
+    # are skipped, so pad the host initrd to 512 bytes.
+    host=${importFile "host-initrd" initrdPath}
+    size=$(stat -c %s $host)
+    cat $host > $out
+    head -c $(( (512 - size % 512) % 512 )) /dev/zero >> $out
+    cat extra.cpio >> $out
   '' { };
 
   etc = mkDerivation "etc" ''
@@ -149,6 +155,8 @@ let
     hostname "$(cat $top/etc/hostname)"
     ip link set lo up
     sh $top/etc/nixslave/network.sh > /dev/console 2>&1 || say "NIXSLAVE-NETWORK-FAILED"
+    store=$(grep " /nix/store " /proc/mounts | while read -r src _ fs _; do echo "$fs $src"; done)
+    say "NIXSLAVE-STORE ''${store:-rootfs}"
     say "NIXSLAVE-BOOT-OK $top"
     for peer in $(cat $top/etc/nixslave/peers); do
       case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
