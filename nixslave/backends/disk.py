@@ -211,9 +211,10 @@ class DiskBackend:
                    "demo": spec.demo, **loader, **(extra or {})},
         )
         if opts.overlay is not None:
-            make_overlay(out, opts.overlay)
             artifact.extra["overlay"] = str(opts.overlay)
         artifact.save()
+        if opts.overlay is not None:
+            make_overlay(out, opts.overlay)
         return artifact
 
     def _write_extlinux_conf(self, root: Root, tree: Path) -> dict[str, str]:
@@ -299,6 +300,7 @@ class DiskBackend:
 def make_overlay(base: Path, overlay: Path) -> None:
     """A qcow2 overlay for one instance's writes; the base stays pristine."""
     overlay = Path(overlay).absolute()
+    overlay.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(base, overlay.parent)
     tmp = overlay.with_name(f".{overlay.name}.{os.getpid()}.tmp")
     _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", rel, str(tmp)],

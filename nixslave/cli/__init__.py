@@ -91,7 +91,13 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode typer returns Exit codes (and Ctrl-C's 130)
+        # instead of raising them.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            if rc == 130:
+                print("nixslave: interrupted", file=sys.stderr)
+            return rc
     except SystemExit as exc:
         return int(exc.code or 0)
     except typer.Exit as exc:
