@@ -77,7 +77,7 @@ def install_extlinux(raw: Path, *, offset: int, dense: tuple[str, ...] = ()) -> 
             g.mount_options("noatime", "/dev/sda1", "/")
             for path in dense:
                 tmp = f"{path}.nixslave-dense"
-                mode = g.stat(path)["mode"] & 0o7777
+                mode = g.statns(path)["st_mode"] & 0o7777
                 g.copy_file_to_file(path, tmp, sparse=False)
                 g.chmod(mode, tmp)
                 g.rename(tmp, path)
