@@ -63,32 +63,19 @@ def check_kvm() -> Finding:
 
 
 def check_guestfs() -> Finding:
-    try:
-        import guestfs  # type: ignore[import-not-found]
-    except ImportError:
-        return Finding("libguestfs", "fail", "the guestfs Python binding is missing",
-                       "apt-get install python3-guestfs and use a venv made with "
-                       "--system-site-packages from /usr/bin/python3")
-    env = accel.guestfs_env()
-    import os
+    from nixslave.appliance import guestfs_handle
+    from nixslave.errors import ToolError
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    env = accel.guestfs_env()
     try:
-        g = guestfs.GuestFS(python_return_dict=True)
-        g.add_drive_scratch(16 << 20)
-        g.launch()
-        g.shutdown()
-        g.close()
+        with guestfs_handle(env) as g:
+            g.add_drive_scratch(16 << 20)
+            g.launch()
+    except ToolError as exc:
+        return Finding("libguestfs", "fail", exc.what, exc.hint)
     except RuntimeError as exc:
         return Finding("libguestfs", "fail", f"appliance did not launch: {exc}",
                        "run libguestfs-test-tool for details")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     mode = "TCG (force_tcg)" if "LIBGUESTFS_BACKEND_SETTINGS" in env else "KVM"
     return Finding("libguestfs", "ok", f"appliance launches under {mode}")
 

@@ -9,10 +9,11 @@ the way out.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import time
-from contextlib import suppress
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def run_artifacts(
                        hint="build each machine with its own --name")
     node_names = [node_of(a, nodes[i] if i < len(nodes) else None)
                   for i, a in enumerate(artifacts)]
+    own_rundir = rundir is None
     rundir = Path(rundir or tempfile.mkdtemp(prefix="nxs-"))
     rundir.mkdir(parents=True, exist_ok=True)
     configs: list[VMConfig] = []
@@ -92,4 +94,9 @@ def run_artifacts(
                 vm = vms[r.name]
                 vm.wait_for(PINGS_DONE, timeout=max(1.0, timeout - (time.monotonic() - t0)))
                 r.pings = {addr: res == "ok" for addr, res in PING_RE.findall(vm.output())}
+    if own_rundir and all(r.ok for r in results):
+        # Logs are kept only when something needs explaining.
+        shutil.rmtree(rundir, ignore_errors=True)
+        for r in results:
+            r.console_log = ""
     return results

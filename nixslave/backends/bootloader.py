@@ -11,38 +11,14 @@ behind.
 
 from __future__ import annotations
 
-import os
 import subprocess
-from contextlib import contextmanager
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from nixslave import accel
+from nixslave.appliance import guestfs_handle
 from nixslave.backends.ext4 import _e2_target, normalize_inode_times, repro_env
 from nixslave.errors import BuildError, ToolError
 
 MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
-
-
-@contextmanager
-def guestfs_handle() -> Iterator[Any]:
-    """A libguestfs handle that follows the host's KVM verdict."""
-    try:
-        import guestfs  # type: ignore[import-not-found]
-    except ImportError:
-        raise ToolError("the guestfs Python binding is missing", where="libguestfs",
-                        hint="apt-get install python3-guestfs; make the venv with "
-                             "--system-site-packages from /usr/bin/python3") from None
-    os.environ.update(accel.guestfs_env())
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        yield g
-    finally:
-        try:
-            g.shutdown()
-        finally:
-            g.close()
 
 
 def partition(raw: Path, *, disk_id: str) -> None:

@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from nixslave import accel
 from nixslave.errors import ImageError, ToolError
 from nixslave.nixos import ROOT_LABEL
 
@@ -115,33 +112,6 @@ def _check_parts(info: dict[str, Any], current: Path, base_dir: Path, where: str
 
 
 # -- libguestfs ---------------------------------------------------------------
-
-@contextmanager
-def guestfs_handle(env: dict[str, str] | None = None) -> Iterator[Any]:
-    """A GuestFS handle with nixslave's backend settings, always closed.
-
-    The settings are applied to the handle rather than to ``os.environ`` so
-    that a caller's environment is left alone and TCG is forced exactly when
-    qemu itself would have to use it.
-    """
-    try:
-        import guestfs  # type: ignore[import-not-found]
-    except ImportError:
-        raise ToolError("the libguestfs Python binding is missing", where="image inspect",
-                        hint="apt-get install python3-guestfs and use a venv made with "
-                             "--system-site-packages") from None
-    settings = env if env is not None else accel.guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        g.set_backend(settings.get("LIBGUESTFS_BACKEND", "direct"))
-        if extra := settings.get("LIBGUESTFS_BACKEND_SETTINGS"):
-            g.set_backend_settings(extra.split(":"))
-        yield g
-    finally:
-        with suppress(RuntimeError):
-            g.shutdown()
-        g.close()
-
 
 def launch(g: Any, drives: list[tuple[Path, str]], where: str) -> list[str]:
     """Add the drives read-only and launch; return their devices in order."""
