@@ -7,6 +7,10 @@ mount /nix/store from where its layout says.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +75,51 @@ def test_bios_build_is_reproducible(artifacts: dict[str, Artifact], tmp_path: Pa
     spec = MachineSpec.parse({"name": "disk-bios", "demo": True, "boot": "bios"})
     again = build_image(spec, tmp_path / "again.qcow2", DiskOptions(gcroot=False))
     assert again.sha256 == artifacts["disk-bios"].sha256
+
+
+def test_image_holds_its_closure_and_nothing_from_the_host(
+        artifacts: dict[str, Artifact]) -> None:
+    """Every file of the image, listed through libguestfs."""
+    from nixslave.image.inspect import list_files
+    from nixslave.nix import closure
+
+    art = artifacts["disk-direct"]
+    files = list_files(art.image)
+    store = {f.split("/")[3] for f in files if f.startswith("/nix/store/")}
+    assert store == {Path(p).name for p in closure(art.toplevel)}
+    outside = {f for f in files if not f.startswith("/nix/store/")}
+    assert outside == {
+        "/dev", "/proc", "/sys", "/run", "/tmp", "/etc", "/etc/NIXOS", "/root", "/var",
+        "/nix", "/nix/store", "/nix/var", "/nix/var/nix", "/nix/var/nix/profiles",
+        "/nix/var/nix/profiles/system", "/nix/var/nixslave",
+        "/nix/var/nixslave/manifest.json", "/lost+found",
+    }
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "import sys; from nixslave.cli import main; "
+                           "sys.exit(main())", *args], capture_output=True, text=True)
+
+
+def test_inspect_a_built_bios_image(artifacts: dict[str, Artifact]) -> None:
+    art = artifacts["store-bios"]
+    out = _cli("image", "inspect", str(art.image), "--store-image", str(art.store_image),
+               "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["is_nixos"] and report["is_nixslave"]
+    assert report["toplevel"] == art.toplevel
+    assert (report["layout"], report["boot"]) == ("store-disk", "bios")
+    assert report["partition_table"] == "mbr"
+    assert report["closure_count"] == art.extra["closurePaths"]
+    assert report["store_complete"] is True and report["extra_paths"] == []
+    assert report["generations"] == [] and report["has_nix_db"] is False
+
+
+def test_inspect_garbage_is_a_clear_answer(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(1 << 20))
+    out = _cli("image", "inspect", str(junk))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert str(junk) in out.stderr and "no file system found" in out.stderr

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nixslave.appliance import guestfs_handle
 from nixslave.errors import ImageError
 from nixslave.image.access import (
     MANIFEST,
@@ -24,7 +25,6 @@ from nixslave.image.access import (
     Fs,
     filesystems,
     find_root,
-    guestfs_handle,
     launch,
     mount,
     partition_table,
