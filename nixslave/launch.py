@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nixslave import nix
+from nixslave import gcroots, nix
 from nixslave.backends import Artifact
 from nixslave.errors import RunError
 from nixslave.netconf import Plan
@@ -86,6 +86,7 @@ def run_artifacts(
                             console_log=str(vm.console_log))
             with suppress(OSError):
                 nix.add_gcroot(f"{a.name}-booted", booted)
+                gcroots.record_image(a.name, a.image, booted)
             say(f"{a.name} booted {booted}")
             results.append(r)
         for a, r in zip(artifacts, results, strict=True):

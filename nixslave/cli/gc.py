@@ -12,9 +12,10 @@ JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 @app.command("list")
-def list_(json_out: bool = JSON) -> None:
+def list_(names: list[str] = typer.Argument(None, help="Only these machines."),
+          json_out: bool = JSON) -> None:
     """Machines whose closures the host keeps alive, and their images."""
-    ms = gcroots.machines()
+    ms = [m for m in gcroots.machines() if not names or m.name in names]
     if json_out:
         emit_json([m.to_json() for m in ms])
         return
