@@ -103,6 +103,19 @@ class VMConfig:
         return argv
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: qemu dies if nixslave is killed outright.
+
+    Every normal exit path already stops the guest; this covers SIGKILL of
+    the Python process, after which no ``finally`` runs.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setsid()
+
+
 class VM:
     """One running qemu guest."""
 
@@ -130,7 +143,7 @@ class VM:
         (self.rundir / "qemu.argv").write_text(json.dumps(argv, indent=1))
         self._stderr = open(self.rundir / "qemu.stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                     stderr=self._stderr, start_new_session=True)
+                                     stderr=self._stderr, preexec_fn=_die_with_parent)
         return self
 
     def _start_virtiofsd(self) -> None:
@@ -148,7 +161,7 @@ class VM:
             self._daemons.append(subprocess.Popen(
                 [str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={share.path}",
                  "-o", "cache=auto", "-o", "sandbox=chroot"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent))
             deadline = time.monotonic() + 10
             while not sock.exists():
                 if self._daemons[-1].poll() is not None or time.monotonic() > deadline:
@@ -288,7 +301,7 @@ def helpers(argvs: Sequence[tuple[Sequence[str], Path | None]], rundir: Path,
         for i, (argv, _ready) in enumerate(argvs):
             log = open(rundir / f"helper{i}.log", "wb")  # noqa: SIM115
             procs.append(subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=log,
-                                          stderr=log, start_new_session=True))
+                                          stderr=log, preexec_fn=_die_with_parent))
         deadline = time.monotonic() + timeout
         for p, (argv, ready) in zip(procs, argvs, strict=True):
             while ready is not None and not ready.exists():

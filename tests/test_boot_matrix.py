@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import nixslave
 
 from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskOptions
@@ -96,14 +95,11 @@ def test_image_holds_its_closure_and_nothing_from_the_host(
     }
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "import sys; from nixslave.cli import main; "
-                           "sys.exit(main())", *args], capture_output=True, text=True)
 
 
 def test_inspect_a_built_bios_image(artifacts: dict[str, Artifact]) -> None:
     art = artifacts["store-bios"]
-    out = _cli("image", "inspect", str(art.image), "--store-image", str(art.store_image),
+    out = nixslave("image", "inspect", str(art.image), "--store-image", str(art.store_image),
                "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -119,7 +115,7 @@ def test_inspect_a_built_bios_image(artifacts: dict[str, Artifact]) -> None:
 def test_inspect_garbage_is_a_clear_answer(tmp_path: Path) -> None:
     junk = tmp_path / "junk.img"
     junk.write_bytes(os.urandom(1 << 20))
-    out = _cli("image", "inspect", str(junk))
+    out = nixslave("image", "inspect", str(junk))
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert str(junk) in out.stderr and "no file system found" in out.stderr

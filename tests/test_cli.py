@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import nixslave
 
 from nixslave.root import Root
-
-
-def nixslave(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "import sys; from nixslave.cli import main; "
-                           "sys.exit(main())", *args], capture_output=True, text=True)
 
 
 @pytest.mark.nix

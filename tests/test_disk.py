@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from clirun import nixslave_popen
 
 from nixslave import gcroots, nix
 from nixslave.backends import Artifact
@@ -90,16 +90,13 @@ def test_explicit_size_is_the_virtual_size(tmp_path: Path) -> None:
     assert _info(a.image)["virtual-size"] == 300 << 20
 
 
-def _cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", "import sys; from nixslave.cli import main; "
-                             "sys.exit(main())", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_build_leaves_no_target(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "killed.qcow2"
-    proc = _cli("image", "build", "--demo", "--name", "disktest", "-o", str(out))
+    proc = nixslave_popen("image", "build", "--demo", "--name", "disktest", "-o", str(out),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".killed.qcow2.nixslave-*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -111,7 +108,8 @@ def test_killed_build_leaves_no_target(tmp_path: Path, sig: signal.Signals) -> N
         assert proc.returncode != 0
         assert list(tmp_path.iterdir()) == []  # scratch removed on the way out
     # the next build of the same target sweeps a dead build's scratch away
-    done = _cli("image", "build", "--demo", "--name", "disktest", "-o", str(out))
+    done = nixslave_popen("image", "build", "--demo", "--name", "disktest", "-o", str(out),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert done.wait(timeout=120) == 0, done.communicate()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.qcow2",
                                                           "killed.qcow2.nixslave.json"]

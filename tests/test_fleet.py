@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import nixslave, nixslave_popen
 
 from nixslave.netconf import load_topology, plan
 
@@ -21,10 +21,6 @@ pytestmark = pytest.mark.boot
 TOPOLOGY = Path(__file__).parent / "data" / "boot" / "routed.yml"
 
 
-def nixslave(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "import sys; from nixslave.cli import main; "
-                           "sys.exit(main())", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +56,32 @@ def test_every_guest_reaches_every_planned_address(run_result: dict) -> None:  #
         assert all(g["pings"].values()), g["pings"]
     # edge and inner are on different networks: their pings crossed the router
     assert run_result["ok"] is True and run_result["returncode"] == 0
+
+
+def _qemus_in(rundir: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.*{rundir}"], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_no_qemu_outlives_the_runner(run_result: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    import signal
+    import time
+
+    # the finished run above left nothing behind
+    assert _qemus_in(Path(run_result["guests"][0]["console_log"]).parent.parent) == []
+    # a runner killed outright takes its guests with it
+    image = Path(run_result["guests"][0]["console_log"]).parent.parent.parent / "edge.qcow2"
+    rundir = tmp_path / "r"
+    proc = nixslave_popen("run", str(image), "--rundir", str(rundir),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _qemus_in(rundir):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _qemus_in(rundir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _qemus_in(rundir) == []

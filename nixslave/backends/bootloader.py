@@ -15,10 +15,11 @@ import subprocess
 from pathlib import Path
 
 from nixslave.appliance import guestfs_handle
-from nixslave.backends.ext4 import _e2_target, normalize_inode_times, repro_env
+from nixslave.backends.ext4 import _e2_target, holes, normalize_inode_times, repro_env
 from nixslave.errors import BuildError, ToolError
 
 MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
+ZERO_CHUNK = 1 << 20  # below the appliance protocol's message limit
 
 
 def partition(raw: Path, *, disk_id: str) -> None:
@@ -37,12 +38,15 @@ def install_extlinux(raw: Path, *, offset: int, dense: tuple[str, ...] = ()) -> 
 
     ``dense`` names the files SYSLINUX loads (kernel, initrd).  mkfs.ext4 -d
     turns zero blocks into holes and SYSLINUX reads a hole as an I/O error,
-    so each is rewritten here without holes, same content and mode.
+    so the holes are filled with written zeros first: in place, so that no
+    inode is freed and reused (which would depend on timing), and with
+    delayed allocation off, so that blocks are allocated in write order.
     """
     if not MBR_BIN.exists():
         raise ToolError(f"{MBR_BIN} is missing", where="extlinux",
                         hint="apt-get install extlinux syslinux-common")
     mbr = MBR_BIN.read_bytes()[:440]
+    fill = {path: holes(raw, path, offset) for path in dense}
     try:
         with guestfs_handle() as g:
             g.add_drive_opts(str(raw), format="raw", readonly=False)
@@ -50,13 +54,12 @@ def install_extlinux(raw: Path, *, offset: int, dense: tuple[str, ...] = ()) -> 
             if not g.feature_available(["extlinux"]):
                 raise ToolError("this libguestfs appliance has no extlinux", where="extlinux",
                                 hint="apt-get install extlinux, then rebuild the appliance")
-            g.mount_options("noatime", "/dev/sda1", "/")
-            for path in dense:
-                tmp = f"{path}.nixslave-dense"
-                mode = g.statns(path)["st_mode"] & 0o7777
-                g.copy_file_to_file(path, tmp, sparse=False)
-                g.chmod(mode, tmp)
-                g.rename(tmp, path)
+            g.mount_options("noatime,nodelalloc", "/dev/sda1", "/")
+            for path, ranges in fill.items():
+                for start, length in ranges:
+                    pos, end = start, start + length
+                    while pos < end:  # pwrite may write less than asked
+                        pos += g.pwrite(path, b"\0" * min(ZERO_CHUNK, end - pos), pos)
             g.extlinux("/boot/extlinux")
             g.umount_all()
             g.pwrite_device("/dev/sda", mbr, 0)

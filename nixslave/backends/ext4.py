@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -154,8 +155,8 @@ def used_inodes(image: Path, offset: int = 0) -> list[int]:
                 part = part.strip()
                 if not part:
                     continue
-                lo, _, hi = part.partition("-")
-                free.append((int(lo), int(hi or lo)))
+                first, _, last = part.partition("-")
+                free.append((int(first), int(last or first)))
     is_free = bytearray(total + 1)
     for lo, hi in free:
         is_free[lo:hi + 1] = b"\1" * (hi - lo + 1)
@@ -194,3 +195,31 @@ def normalize_inode_times(image: Path, offset: int = 0, *, superblock: bool = Fa
     if proc.returncode != 0 or errors:
         raise BuildError(f"debugfs failed: {' '.join(errors)[:300]}", where=str(image),
                          hint="check that e2fsprogs is installed and the image is ext4")
+
+
+def holes(image: Path, path: str, offset: int = 0) -> list[tuple[int, int]]:
+    """Byte ranges of ``path`` that are holes (mke2fs -d skips zero blocks)."""
+    target = _e2_target(image, offset)
+    ex = subprocess.run(["debugfs", "-R", f"ex {path}", target], capture_output=True,
+                        text=True)
+    st = subprocess.run(["debugfs", "-R", f"stat {path}", target], capture_output=True,
+                        text=True)
+    size_m = re.search(r"Size: (\d+)", st.stdout)
+    if ex.returncode != 0 or size_m is None:
+        raise BuildError(f"cannot read the extents of {path}", where=str(image),
+                         hint="the file system may be damaged")
+    nblocks = (int(size_m.group(1)) + BLOCK - 1) // BLOCK
+    mapped: list[tuple[int, int]] = []
+    for m in re.finditer(r"^\s*(\d+)/\s*(\d+)\s+\d+/\s*\d+\s+(\d+)\s+-\s+(\d+)\s+\d+\s+-\s+\d+",
+                         ex.stdout, re.M):
+        level, depth, first, last = (int(g) for g in m.groups())
+        if level == depth:
+            mapped.append((first, last))
+    out, pos = [], 0
+    for first, last in sorted(mapped):
+        if first > pos:
+            out.append((pos * BLOCK, (first - pos) * BLOCK))
+        pos = max(pos, last + 1)
+    if pos < nblocks:
+        out.append((pos * BLOCK, (nblocks - pos) * BLOCK))
+    return out

@@ -27,7 +27,7 @@ app = typer.Typer(
 # verb group -> module under nixslave.cli that defines `app`
 GROUPS: dict[str, tuple[str, str]] = {
     "root": ("nixslave.cli.root", "Build and prepare profile-less roots."),
-    "image": ("nixslave.cli.image", "Build, inspect, upgrade and repair images."),
+    "image": ("nixslave.cli.image", "Build and inspect disk images."),
     "net": ("nixslave.cli.net", "Plan, render and draw network topologies."),
     "gc": ("nixslave.cli.gc", "Host GC roots that keep guest closures alive."),
 }
@@ -45,23 +45,23 @@ def _root_options(
     state.debug = debug
 
 
+def _load(module: str) -> object | None:
+    """A verb module, or None while that verb group does not exist yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
 def _register() -> None:
     for name, (module, help_text) in GROUPS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.add_typer(mod.app, name=name, help=help_text)
+        if (mod := _load(module)) is not None:
+            app.add_typer(mod.app, name=name, help=help_text)  # type: ignore[attr-defined]
     for name, (module, func) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.command(name=name)(getattr(mod, func))
+        if (mod := _load(module)) is not None:
+            app.command(name=name)(getattr(mod, func))
 
 
 _register()
