@@ -40,7 +40,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     for name, (layout, boot, share, _) in MATRIX.items():
         spec = MachineSpec.parse({"name": name, "demo": True, "layout": layout, "boot": boot,
                                   "share": share})
-        built[name] = build_image(spec, out / f"{name}.qcow2", DiskOptions(gcroot=False))
+        built[name] = build_image(spec, out / f"{name}.qcow2",
+                                  DiskOptions(gcroot=False, checksum=True))
     return built
 
 
@@ -72,7 +73,7 @@ def test_bios_images_boot_without_a_host_kernel(artifacts: dict[str, Artifact]) 
 
 def test_bios_build_is_reproducible(artifacts: dict[str, Artifact], tmp_path: Path) -> None:
     spec = MachineSpec.parse({"name": "disk-bios", "demo": True, "boot": "bios"})
-    again = build_image(spec, tmp_path / "again.qcow2", DiskOptions(gcroot=False))
+    again = build_image(spec, tmp_path / "again.qcow2", DiskOptions(gcroot=False, checksum=True))
     assert again.sha256 == artifacts["disk-bios"].sha256
 
 

@@ -14,7 +14,13 @@ from clirun import nixslave_popen
 
 from nixslave import gcroots, nix
 from nixslave.backends import Artifact
-from nixslave.backends.disk import DiskBackend, DiskOptions, share_dir_path, store_image_path
+from nixslave.backends.disk import (
+    DiskBackend,
+    DiskOptions,
+    sha256_file,
+    share_dir_path,
+    store_image_path,
+)
 from nixslave.errors import BuildError
 from nixslave.root import Root, build
 from nixslave.spec import MachineSpec
@@ -52,9 +58,11 @@ def _debugfs_ls(image: Path, path: str) -> list[str]:
 
 def test_qcow2_builds_are_bit_for_bit_reproducible(tmp_path: Path) -> None:
     root = _root()
-    a = DiskBackend().materialize(root, tmp_path / "a.qcow2", DiskOptions(gcroot=False))
-    b = DiskBackend().materialize(root, tmp_path / "b.qcow2", DiskOptions(gcroot=False))
-    assert a.sha256 == b.sha256
+    a = DiskBackend().materialize(root, tmp_path / "a.qcow2", DiskOptions(gcroot=False,
+                                                                          checksum=True))
+    b = DiskBackend().materialize(root, tmp_path / "b.qcow2", DiskOptions(gcroot=False,
+                                                                          checksum=True))
+    assert a.sha256 == b.sha256 == sha256_file(a.image)
     assert (tmp_path / "a.qcow2").read_bytes() == (tmp_path / "b.qcow2").read_bytes()
     # and the raw format too, from a fresh tree in another directory
     (tmp_path / "x").mkdir()
@@ -62,7 +70,21 @@ def test_qcow2_builds_are_bit_for_bit_reproducible(tmp_path: Path) -> None:
                                   DiskOptions(format="raw", gcroot=False))
     d = DiskBackend().materialize(root, tmp_path / "d.raw", DiskOptions(format="raw",
                                                                           gcroot=False))
-    assert c.sha256 == d.sha256
+    assert sha256_file(c.image) == sha256_file(d.image)
+
+
+def test_copy_fallback_gives_the_same_bytes(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bind-mounted store (as root) and copied store make identical images."""
+    from nixslave.backends import storebind
+
+    root = _root()
+    a = DiskBackend().materialize(root, tmp_path / "bind.raw", DiskOptions(format="raw",
+                                                                             gcroot=False))
+    monkeypatch.setattr(storebind, "available", lambda: False)
+    b = DiskBackend().materialize(root, tmp_path / "copy.raw", DiskOptions(format="raw",
+                                                                             gcroot=False))
+    assert sha256_file(a.image) == sha256_file(b.image)
 
 
 def test_host_store_is_never_modified(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from nixslave import boot, gcroots, nix
-from nixslave.backends import Artifact, sidecar_path
+from nixslave.backends import Artifact, sidecar_path, storebind
 from nixslave.backends.ext4 import (
     MIB,
     derived_uuid,
@@ -48,6 +48,7 @@ class DiskOptions:
     compression: Literal["zlib", "zstd"] | None = None
     overlay: Path | None = None  # also create a per-instance overlay here
     gcroot: bool = True
+    checksum: bool = False       # record the image's sha256 in the artifact
 
     def check(self) -> None:
         cs = self.cluster_size
@@ -148,9 +149,32 @@ class DiskBackend:
                 where=f"machine {root.spec.name}.size",
                 hint="leave --size unset for an automatic size")
 
-    def _fs_size(self, root: Root, tree: Path) -> int:
+    def _fill_store(self, root: Root, store_dir: Path) -> Callable[[], None] | None:
+        """Bind stubs for mkfs when possible (see storebind), else real copies."""
+        if storebind.available():
+            binds = storebind.stub(root.paths, store_dir)
+            os.utime(store_dir, (1, 1))
+            return storebind.preexec(binds)
+        copy_paths(root.paths, store_dir)
+        os.utime(store_dir, (1, 1))
+        return None
+
+    def _mkfs(self, root: Root, pre: Callable[[], None] | None, raw: Path, tree: Path,
+              store_dir: Path, **kw: Any) -> None:
+        try:
+            mkfs(raw, tree, preexec=pre, **kw)
+        except subprocess.SubprocessError:
+            # No private mount namespace after all: fall back to copies.
+            for entry in store_dir.iterdir():
+                force_rmtree(entry)
+            copy_paths(root.paths, store_dir)
+            os.utime(store_dir, (1, 1))
+            mkfs(raw, tree, **kw)
+
+    def _fs_size(self, root: Root, tree: Path, *, with_store: bool) -> int:
         spec = root.spec
-        need = tree_usage(tree).min_fs_size(journal=True)
+        extra = [Path(p) for p in root.paths] if with_store else []
+        need = tree_usage(tree, *extra).min_fs_size(journal=True)
         overhead = PART_OFFSET if spec.boot == "bios" else 0
         if spec.size is None:
             return round_up(need + max(64 * MIB, need // 10), MIB)
@@ -169,11 +193,13 @@ class DiskBackend:
         kind = store_kind(spec)
         say(f"preparing the root tree ({len(root.paths)} store paths, "
             f"{root.nar_size / MIB:.1f} MiB)")
-        tree = root.prepare(work / "tree", include_store=(kind == "disk"), progress=say)
+        tree = root.prepare(work / "tree", include_store=False, progress=say)
         loader: dict[str, str] = {}
         if spec.boot == "bios":
             loader = self._write_extlinux_conf(root, tree)
-        fs_size = self._fs_size(root, tree)
+        # measured before the store is filled, so bind stubs and copies agree
+        fs_size = self._fs_size(root, tree, with_store=(kind == "disk"))
+        pre = self._fill_store(root, tree / "nix/store") if kind == "disk" else None
         raw = work / "disk.raw"
         fs_uuid = derived_uuid(root.toplevel, spec.name, "root")
         say(f"making the root file system ({fs_size // MIB} MiB, mkfs.ext4 -d)")
@@ -184,14 +210,15 @@ class DiskBackend:
             with open(raw, "wb") as f:
                 f.truncate(total)
             bootloader.partition(raw, disk_id=fs_uuid)
-            mkfs(raw, tree, label=ROOT_LABEL, size=fs_size, fs_uuid=fs_uuid,
-                 offset=PART_OFFSET, journal=False)
+            self._mkfs(root, pre, raw, tree, tree / "nix/store", label=ROOT_LABEL,
+                       size=fs_size, fs_uuid=fs_uuid, offset=PART_OFFSET, journal=False)
             say("installing extlinux (libguestfs)")
             bootloader.install_extlinux(raw, offset=PART_OFFSET,
                                         dense=(loader["kernel"], loader["initrd"]))
             bootloader.add_journal(raw, offset=PART_OFFSET)
         else:
-            mkfs(raw, tree, label=ROOT_LABEL, size=fs_size, fs_uuid=fs_uuid)
+            self._mkfs(root, pre, raw, tree, tree / "nix/store", label=ROOT_LABEL,
+                       size=fs_size, fs_uuid=fs_uuid)
             normalize_inode_times(raw)
         store_image = share_dir = None
         if kind == "store-disk":
@@ -205,7 +232,7 @@ class DiskBackend:
             toplevel=root.toplevel, layout=spec.layout, store=kind, boot=spec.boot,
             cmdline=boot.cmdline(root.toplevel, spec), store_image=store_image,
             share_dir=share_dir, memory=spec.memory, cpus=spec.cpus,
-            sha256=sha256_file(out), virtual_size=fs_size + (
+            sha256=sha256_file(out) if opts.checksum else "", virtual_size=fs_size + (
                 PART_OFFSET if spec.boot == "bios" else 0),
             extra={"closurePaths": len(root.paths), "narSize": root.nar_size,
                    "demo": spec.demo, **loader, **(extra or {})},
@@ -240,14 +267,13 @@ class DiskBackend:
         say("making the read-only store disk")
         store_tree = work / "store-tree"
         store_tree.mkdir()
-        copy_paths(root.paths, store_tree)
-        os.utime(store_tree, (1, 1))
-        usage = tree_usage(store_tree)
+        pre = self._fill_store(root, store_tree)
+        usage = tree_usage(store_tree, *(Path(p) for p in root.paths))
         size = round_up(usage.min_fs_size(journal=False) + 8 * MIB, MIB)
         raw = work / "store.raw"
-        mkfs(raw, store_tree, label=STORE_LABEL, size=size, journal=False,
-             fs_uuid=derived_uuid(root.toplevel, root.spec.name, "store"),
-             inodes=usage.inodes + 256)
+        self._mkfs(root, pre, raw, store_tree, store_tree, label=STORE_LABEL, size=size,
+                   journal=False, fs_uuid=derived_uuid(root.toplevel, root.spec.name, "store"),
+                   inodes=usage.inodes + 256)
         normalize_inode_times(raw)
         target = store_image_path(out)
         self._emit(raw, target, DiskOptions(format=opts.format, cluster_size=opts.cluster_size,

@@ -64,6 +64,7 @@ def build(
     preallocation: str = typer.Option("off", "--preallocation", help="off or metadata."),
     compress: Compress = typer.Option(None, "--compress", help="qcow2 compression."),
     overlay: Path = typer.Option(None, "--overlay", help="Also create a per-instance overlay."),
+    checksum: bool = typer.Option(False, "--checksum", help="Record the image's sha256."),
     json_out: bool = JSON,
 ) -> None:
     """Materialize a machine into a raw or qcow2 disk, without a VM."""
@@ -79,7 +80,8 @@ def build(
     options = DiskOptions(
         format=fmt.value, cluster_size=parse_size(cluster_size) if cluster_size else None,
         preallocation=preallocation,  # type: ignore[arg-type]
-        compression=compress.value if compress else None, overlay=overlay)  # type: ignore[arg-type]
+        compression=compress.value if compress else None,  # type: ignore[arg-type]
+        overlay=overlay, checksum=checksum)
     artifact = build_image(spec, out, options, topology=topology, node=node,
                            progress=progress_printer(json_out))
     if json_out:
