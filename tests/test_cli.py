@@ -77,3 +77,12 @@ def test_doctor_reports_the_accelerator() -> None:
     for name in ("nix", "qemu", "libguestfs", "systemd-nspawn", "tools"):
         assert checks[name]["status"] == "ok", checks[name]
     assert out.returncode == 0
+
+
+@pytest.mark.unit
+def test_spec_schema_is_exported() -> None:
+    out = nixslave("root", "schema")
+    assert out.returncode == 0
+    schema = json.loads(out.stdout)
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["layout"]["enum"] == ["disk", "store-disk", "shared"]

@@ -57,3 +57,11 @@ def prepare(outdir: Path = typer.Argument(..., help="New directory for the root 
                    "narSize": r.nar_size})
     else:
         print(tree)
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a machine spec."""
+    from nixslave.spec import json_schema
+
+    emit_json(json_schema())
