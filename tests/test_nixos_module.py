@@ -64,3 +64,20 @@ def test_strings_are_escaped() -> None:
 def test_parse_rejects_broken_nix() -> None:
     with pytest.raises(NixError, match="syntax error"):
         nix.instantiate_parse("{ a = ; }")
+
+
+def test_machine_module_imports_the_node_network() -> None:
+    """Guest and host agree: the guest module carries the same plan's MACs and names."""
+    from pathlib import Path
+
+    from nixslave.topology import load_plan, node_network
+
+    plan = load_plan(Path(__file__).parent / "data" / "boot" / "routed.yml")
+    net = node_network(plan, "gw")
+    spec = MachineSpec.parse({"name": "gw", "demo": True, "layout": "store-disk"})
+    text = machine_module(spec, network_module=net.nixos_module)
+    nix.instantiate_parse(text)
+    for iface in plan.nodes["gw"].interfaces:
+        assert f'matchConfig.MACAddress = "{iface.mac}";' in text
+        assert f'linkConfig.Name = "{iface.name}";' in text
+    assert 'fileSystems."/nix/store"' in text

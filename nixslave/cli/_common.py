@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,6 @@ def emit_json(data: Any) -> None:
     """Machine-readable output on stdout, nothing else there."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
-
-
-@contextmanager
-def step(message: str, *, quiet: bool = False) -> Iterator[None]:
-    """A spinner on stderr for a long step; silent when stderr is not a tty or quiet."""
-    if quiet or not err_console.is_terminal:
-        yield
-        return
-    with err_console.status(message):
-        yield
-    err_console.print(f"[green]✓[/green] {message}")
 
 
 def spec_data(
