@@ -9,7 +9,7 @@ their MAC is set instead.
 
 from __future__ import annotations
 
-from .plan import InterfacePlan, NodePlan, Plan, Route
+from .plan import NodePlan, Plan, Route
 
 PREFIX = "10-nxs-"
 
@@ -240,10 +240,6 @@ def render_hosts(plan: Plan, node: str) -> str:
     width = max((len(str(h.address)) for h in np.hosts), default=0)
     lines += [f"{h.address!s:<{width}} {' '.join(h.names)}" for h in np.hosts]
     return "\n".join(lines) + "\n"
-
-
-def interface_summary(i: InterfacePlan) -> str:
-    return f"{i.name} {i.mac} mtu {i.mtu} " + " ".join(str(a) for a in i.addresses)
 
 
 RENDERERS = {"nixos": render_nixos, "sh": render_sh, "hosts": render_hosts}

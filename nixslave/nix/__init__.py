@@ -116,13 +116,6 @@ def build(
     return [Path(p) for p in out.split()]
 
 
-def build_flake(ref: str) -> Path:
-    """Build a flake attribute (``path#attr``) and return its out path."""
-    out = run_nix(["nix", "--extra-experimental-features", "nix-command flakes", "build",
-                   "--no-link", "--print-out-paths", ref], what="nix build")
-    return Path(out.split()[-1])
-
-
 def instantiate_parse(source: str) -> str:
     """Parse Nix source without evaluating it; raises NixError on a syntax error."""
     return run_nix(["nix-instantiate", "--parse", "-E", source], what="nix-instantiate --parse")
