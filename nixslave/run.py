@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nixslave import accel
-from nixslave.backends import Artifact
+from nixslave.backends import Artifact, storebind
 from nixslave.errors import RunError
 from nixslave.nixos import STORE_TAG
 
@@ -158,10 +158,16 @@ class VM:
             sock = self.rundir / f"virtiofs{i}.sock"
             sock.unlink(missing_ok=True)
             log = open(self.rundir / f"virtiofsd{i}.log", "wb")  # noqa: SIM115
+            readonly = storebind.readonly_view(share.path)
+
+            def enter(readonly: Callable[[], None] = readonly) -> None:
+                _die_with_parent()
+                readonly()
+
             self._daemons.append(subprocess.Popen(
                 [str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={share.path}",
                  "-o", "cache=auto", "-o", "sandbox=chroot"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent))
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=enter))
             deadline = time.monotonic() + 10
             while not sock.exists():
                 if self._daemons[-1].poll() is not None or time.monotonic() > deadline:

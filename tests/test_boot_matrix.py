@@ -60,6 +60,9 @@ def test_combination_boots_the_exact_toplevel(name: str, artifacts: dict[str, Ar
     assert results[name].booted == artifacts[name].toplevel
     expected_store = MATRIX[name][3]
     assert f"NIXSLAVE-STORE {expected_store}" in consoles[name]
+    if expected_store != "rootfs":
+        # even a guest that remounts its store read-write cannot write to it
+        assert "NIXSLAVE-STORE-WRITABLE no" in consoles[name]
 
 
 def test_bios_images_boot_without_a_host_kernel(artifacts: dict[str, Artifact]) -> None:

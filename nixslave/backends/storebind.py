@@ -59,3 +59,30 @@ def preexec(binds: list[tuple[bytes, bytes]]) -> Callable[[], None]:
             if libc.mount(src, dst, None, MS_BIND, None) != 0:
                 raise OSError(ctypes.get_errno(), f"bind {src!r}")
     return enter
+
+
+MS_REMOUNT = 32
+MS_RDONLY = 1
+
+
+def readonly_view(path: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes ``path`` read-only for the child alone.
+
+    virtiofsd has no read-only export; serving a read-only bind mount of the
+    share means a guest that remounts its store read-write still cannot
+    change a file that is a hardlink into the host store.
+    """
+    target = os.fsencode(path)
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                               ctypes.c_ulong, ctypes.c_void_p]
+        steps = [(b"none", b"/", MS_REC | MS_PRIVATE), (target, target, MS_BIND | MS_REC),
+                 (b"none", target, MS_BIND | MS_REMOUNT | MS_RDONLY)]
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        for src, dst, flags in steps:
+            if libc.mount(src, dst, None, flags, None) != 0:
+                raise OSError(ctypes.get_errno(), f"mount {dst!r}")
+    return enter

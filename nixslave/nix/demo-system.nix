@@ -157,6 +157,17 @@ let
     sh $top/etc/nixslave/network.sh > /dev/console 2>&1 || say "NIXSLAVE-NETWORK-FAILED"
     store=$(grep " /nix/store " /proc/mounts | while read -r src _ fs _; do echo "$fs $src"; done)
     say "NIXSLAVE-STORE ''${store:-rootfs}"
+    if [ -n "$store" ]; then
+      # The host must keep a separate store read-only even if the guest tries.
+      w=no
+      if mount -o remount,rw /nix/store 2>/dev/null; then
+        if touch /nix/store/.nixslave-write-probe 2>/dev/null; then
+          w=yes; rm -f /nix/store/.nixslave-write-probe
+        fi
+        mount -o remount,ro /nix/store 2>/dev/null
+      fi
+      say "NIXSLAVE-STORE-WRITABLE $w"
+    fi
     say "NIXSLAVE-BOOT-OK $top"
     for peer in $(cat $top/etc/nixslave/peers); do
       case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
