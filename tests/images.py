@@ -112,3 +112,11 @@ def corrupt_manifest_image(root: Root, work: Path) -> Path:
     manifest = tree / "nix/var/nixslave/manifest.json"
     manifest.write_text(manifest.read_text()[:100])
     return mkfs(tree, work / "corrupt.raw", 32)
+
+
+# Everything a prepared root holds outside /nix/store, as image paths.
+ROOT_OUTSIDE_STORE = frozenset({
+    "/dev", "/proc", "/sys", "/run", "/tmp", "/etc", "/etc/NIXOS", "/root", "/var",
+    "/nix", "/nix/store", "/nix/var", "/nix/var/nix", "/nix/var/nix/profiles",
+    "/nix/var/nix/profiles/system", "/nix/var/nixslave", "/nix/var/nixslave/manifest.json",
+})
