@@ -18,11 +18,11 @@ from nixslave import nix
 os.environ.setdefault("NIX_CONFIG", nix.OFFLINE_CONFIG)
 
 _TIER_TOOLS = {
-    "nix": ["nix-build", "nix-store"],
-    "boot": ["qemu-system-x86_64", "mkfs.ext4", "nix-build"],
+    "nix": ["nix-build", "nix-store", "nix-instantiate"],
+    "boot": ["qemu-system-x86_64", "mkfs.ext4", "nix-build", "vde_switch"],
     "guestfs": ["guestfish"],
     "nspawn": ["systemd-nspawn"],
-    "netns": ["ip"],
+    "netns": ["ip", "busybox"],
 }
 
 
@@ -34,6 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if missing:
                     item.add_marker(pytest.mark.skip(reason=f"{tier} tier: {', '.join(missing)} "
                                                             "not installed"))
+        for mark in item.iter_markers("tools"):  # extra tools of a single test
+            missing = [t for t in mark.args if shutil.which(t) is None]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"{', '.join(missing)} not installed"))
         if "netns" in item.keywords and os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason="netns tier needs root"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,11 +10,7 @@ import pytest
 from nixslave.netconf import load_topology, plan
 from nixslave.netconf.wiring import libvirt_interfaces
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.skipif(not (shutil.which("virt-xml-validate") and shutil.which("xmllint")),
-                       reason="virt-xml-validate (libvirt-clients, libxml2-utils) not installed"),
-]
+pytestmark = [pytest.mark.unit, pytest.mark.tools("virt-xml-validate", "xmllint")]
 
 DATA = Path(__file__).parent / "data"
 TOPOLOGIES = [DATA / "boot" / "routed.yml", DATA / "netconf" / "leaf-spine" / "input.yml",

@@ -67,7 +67,7 @@ def install_extlinux(raw: Path, *, offset: int, dense: tuple[str, ...] = ()) -> 
     except RuntimeError as exc:
         raise BuildError(f"libguestfs could not install extlinux: {exc}", where=str(raw),
                          hint="run `nixslave doctor` to check the appliance") from None
-    normalize_inode_times(raw, offset, superblock=True)
+    normalize_inode_times(raw, offset, after_mount=True)
 
 
 def add_journal(raw: Path, *, offset: int) -> None:

@@ -182,27 +182,27 @@ def used_inodes(image: Path, offset: int = 0) -> list[int]:
     return [i for i in range(1, total + 1) if not is_free[i]]
 
 
-def normalize_inode_times(image: Path, offset: int = 0, *, superblock: bool = False) -> None:
+def normalize_inode_times(image: Path, offset: int = 0, *, after_mount: bool = False) -> None:
     """Set atime/ctime of every used inode to the store's epoch.
 
     mke2fs -d copies atime and ctime from the source tree, and the host can
     never set a ctime, so without this pass two builds of the same closure
-    differ.  With ``superblock`` the mount bookkeeping that a libguestfs
-    session leaves (mount time, write time, mount count) is reset too.
+    differ.  With ``after_mount`` the traces of a kernel mount (the
+    libguestfs step) are reset too: new inodes' creation times and
+    generations, touched directories' mtimes, and the superblock's mount
+    bookkeeping.
     """
     cmds = []
-    # After a kernel mount, new inodes also carry a creation time and a
-    # random generation number, and touched directories a new mtime.
-    fields = ("atime", "ctime", "mtime", "crtime") if superblock else ("atime", "ctime")
+    fields = ("atime", "ctime", "mtime", "crtime") if after_mount else ("atime", "ctime")
     for ino in used_inodes(image, offset):
         if 3 <= ino <= 10:  # reserved inodes other than the root are not files
             continue
         for field in fields:
             cmds.append(f"sif <{ino}> {field} @{FAKE_TIME}")
             cmds.append(f"sif <{ino}> {field}_extra 0")
-        if superblock:
+        if after_mount:
             cmds.append(f"sif <{ino}> generation 0")
-    if superblock:
+    if after_mount:
         cmds += [f"ssv mtime @{FAKE_TIME}", f"ssv wtime @{FAKE_TIME}",
                  f"ssv lastcheck @{FAKE_TIME}", "ssv mnt_count 0", "ssv kbytes_written 0",
                  'ssv last_mounted ""']

@@ -5,7 +5,6 @@ other node over IPv4 and IPv6."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -19,12 +18,7 @@ from nixslave.netconf.plan import Plan
 from nixslave.netconf.renderers import render_sh
 from nixslave.netconf.wiring import NetnsPlan, netns_plan
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 'ip' is not installed"),
-    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed"),
-]
+pytestmark = pytest.mark.netns  # root, ip and busybox: checked in tests/conftest.py
 
 DATA = Path(__file__).parent.parent / "data" / "netconf"
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from nixslave.netconf.renderers import render_nixos
+from nixslave.nix import nix_env
 
 from .helpers import case_dirs, load_case
 
-pytestmark = [
-    pytest.mark.nix,
-    pytest.mark.skipif(shutil.which("nix-instantiate") is None,
-                       reason="nix-instantiate is not installed"),
-]
+pytestmark = pytest.mark.nix
 
-NIX_ENV = {**os.environ, "NIX_CONFIG": "build-users-group =\nsandbox = false\nsubstituters ="}
 
 
 def test_nixos_modules_parse(tmp_path: Path) -> None:
@@ -33,7 +27,7 @@ def test_nixos_modules_parse(tmp_path: Path) -> None:
             legacy = tmp_path / f"{case.name}-{node}-legacy.nix"
             legacy.write_text(render_nixos(p, node, legacy_routes=True))
             files.append(str(legacy))
-    r = subprocess.run(["nix-instantiate", "--parse", *files], env=NIX_ENV,
+    r = subprocess.run(["nix-instantiate", "--parse", *files], env=nix_env(),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("{ ... }:") == len(files)

@@ -90,8 +90,6 @@ def test_netns_plan_names_fit(p) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.boot
-@pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and shutil.which("vde_switch")),
-                    reason="qemu-system-x86_64 or vde_switch is not installed")
 def test_qemu_and_vde_switch_accept_the_wiring(p, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Start the segment switches and a paused qemu with r1's wiring: qemu
     refuses bad -netdev options at start, so surviving a second is the check."""
