@@ -70,5 +70,6 @@ def build_demo(
         "networkScript": network_script,
     }
     args = {"halt": "true" if halt else "false", "pingPeers": _nix_string_list(peers)}
-    out = nix.build(file=DEMO_NIX, argstrs=argstrs, args=args, what="demo system build")
+    out = nix.build(file=DEMO_NIX, argstrs=argstrs, args=args, what="demo system build",
+                    offline=True)
     return out[0]

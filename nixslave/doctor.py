@@ -38,7 +38,7 @@ def check_nix() -> Finding:
             'builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; '
             f'nonce = "{time.time_ns()}"; }}')
     try:
-        out = nix.build(expr=expr, what="offline test build")
+        out = nix.build(expr=expr, what="offline test build", offline=True)
     except NixError as exc:
         return Finding("nix", "fail", exc.what, "install nix-bin; nixslave sets NIX_CONFIG "
                        "for offline builds unless you set it yourself")

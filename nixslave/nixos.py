@@ -3,12 +3,23 @@
 The host wiring (drive labels, share tags, kernel command line) and this
 module are derived from the same constants, so a guest can never look for a
 disk label or 9p tag the host did not give it.
+
+Priorities follow nixpkgs' ``nixos/modules/virtualisation/qemu-vm.nix`` so
+that a user's own configuration (``hardware-configuration.nix`` included)
+evaluates beside ours:
+
+* ``mkVMOverride`` (priority 10) where the host's wiring must win over what a
+  configuration written for real hardware says: file systems, swap, LUKS and
+  the boot loader;
+* ``mkDefault`` (priority 1000) where the user may choose: host name, Nix,
+  networkd/DHCP switches, the password-less-login escape hatch.
 """
 
 from __future__ import annotations
 
 import json
 
+from nixslave.nix import DATA_DIR
 from nixslave.spec import MachineSpec
 
 ROOT_LABEL = "nixslave-root"
@@ -16,6 +27,11 @@ STORE_LABEL = "nixslave-store"
 STORE_TAG = "nixstore"
 NINEP_MSIZE = 262144
 NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", f"msize={NINEP_MSIZE}", "cache=loose", "ro")
+# Under systemd stage 1 nothing loads 9pnet_virtio before the mount unit runs;
+# qemu-vm.nix adds the same dependency to its 9p shares.
+NINEP_SYSTEMD = "x-systemd.requires=modprobe@9pnet_virtio.service"
+BOOT_MARKER = "NIXSLAVE-BOOT-OK"
+MARKER_UNIT = "nixslave-boot-ok"
 
 
 def store_kind(spec: MachineSpec) -> str:
@@ -31,7 +47,7 @@ def _s(value: str) -> str:
 
 
 def _list(values: list[str] | tuple[str, ...]) -> str:
-    return "[ " + " ".join(_s(v) for v in values) + " ]"
+    return "[ " + " ".join(_s(v) for v in values) + " ]" if values else "[ ]"
 
 
 def file_systems(spec: MachineSpec) -> dict[str, dict[str, object]]:
@@ -41,11 +57,16 @@ def file_systems(spec: MachineSpec) -> dict[str, dict[str, object]]:
     }
     kind = store_kind(spec)
     if kind == "store-disk":
+        # The store disk is attached read-only: e2fsck cannot open it for
+        # writing and exits 8, which stops stage 1.  noCheck drops the fstab
+        # pass number (systemd stage 1, nixos/modules/tasks/filesystems.nix);
+        # the scripted stage 1 ignores noCheck and only skips ext4 when
+        # boot.initrd.checkJournalingFS is false (stage-1-init.sh, checkFS).
         fs["/nix/store"] = {"device": f"/dev/disk/by-label/{STORE_LABEL}", "fsType": "ext4",
-                            "options": ["ro"], "neededForBoot": True}
+                            "options": ["ro"], "neededForBoot": True, "noCheck": True}
     elif kind == "9p":
         fs["/nix/store"] = {"device": STORE_TAG, "fsType": "9p",
-                            "options": list(NINEP_OPTIONS), "neededForBoot": True}
+                            "options": [*NINEP_OPTIONS, NINEP_SYSTEMD], "neededForBoot": True}
     elif kind == "virtiofs":
         fs["/nix/store"] = {"device": STORE_TAG, "fsType": "virtiofs",
                             "options": ["ro"], "neededForBoot": True}
@@ -53,13 +74,22 @@ def file_systems(spec: MachineSpec) -> dict[str, dict[str, object]]:
 
 
 def initrd_modules(spec: MachineSpec) -> list[str]:
-    mods = ["virtio_pci", "virtio_blk", "virtio_net", "ext4"]
+    """Drivers stage 1 may need (boot.initrd.availableKernelModules)."""
+    return ["virtio_pci", "virtio_blk", "virtio_net", "ext4"]
+
+
+def initrd_forced_modules(spec: MachineSpec) -> list[str]:
+    """Modules stage 1 must load itself (boot.initrd.kernelModules).
+
+    A share is not a block device: no udev event loads its driver, so the
+    mount of /nix/store would fail without these.
+    """
     kind = store_kind(spec)
     if kind == "9p":
-        mods += ["9p", "9pnet_virtio"]
-    elif kind == "virtiofs":
-        mods += ["virtiofs"]
-    return mods
+        return ["9p", "9pnet_virtio"]
+    if kind == "virtiofs":
+        return ["virtiofs"]
+    return []
 
 
 def _value(v: object) -> str:
@@ -72,30 +102,96 @@ def _value(v: object) -> str:
     raise TypeError(v)
 
 
+def _indent(text: str, by: str) -> str:
+    return "\n".join(by + ln if ln.strip() else "" for ln in text.strip().splitlines())
+
+
 def machine_module(spec: MachineSpec, *, network_module: str | None = None) -> str:
     """The NixOS module that makes the guest agree with the host's wiring.
 
     ``network_module`` is the netconf rendering for this node, imported as is.
     """
-    lines = ["{ lib, ... }:", "{"]
+    lines = ["{ config, lib, pkgs, ... }:", "{"]
     if network_module:
-        lines.append(f"  imports = [ ({network_module.strip()}) ];")
-    lines.append(f"  networking.hostName = {_s(spec.name)};")
+        lines += ["  imports = [", "    (", _indent(network_module, "      "), "    )", "  ];"]
+    lines.append(f"  networking.hostName = lib.mkDefault {_s(spec.name)};")
+
+    # The host's disks and shares replace whatever the configuration was
+    # written for; swap and LUKS devices of real hardware do not exist here.
+    lines.append("  fileSystems = lib.mkVMOverride {")
     for mount, attrs in file_systems(spec).items():
         body = " ".join(f"{k} = {_value(v)};" for k, v in attrs.items())
-        lines.append(f"  fileSystems.{_s(mount)} = {{ {body} }};")
+        lines.append(f"    {_s(mount)} = {{ {body} }};")
+    lines += ["  };",
+              "  swapDevices = lib.mkVMOverride [ ];",
+              "  boot.initrd.luks.devices = lib.mkVMOverride { };"]
+    if store_kind(spec) == "store-disk":
+        lines.append("  boot.initrd.checkJournalingFS = lib.mkDefault false;")
     lines.append(f"  boot.initrd.availableKernelModules = {_list(initrd_modules(spec))};")
+    forced = initrd_forced_modules(spec)
+    if forced:
+        lines.append(f"  boot.initrd.kernelModules = {_list(forced)};")
     lines.append('  boot.kernelParams = [ "console=ttyS0,115200" ];')
-    if spec.boot == "bios":
-        # The host writes the single extlinux entry; nothing in the guest
-        # installs or updates a boot loader.
-        lines.append("  boot.loader.grub.enable = false;")
-        lines.append("  boot.loader.generic-extlinux-compatible.enable = false;")
-    else:
-        lines.append("  boot.loader.grub.enable = false;")
-    lines.append(f"  nix.enable = {_value(spec.with_nix)};")
+
+    # The host boots the guest: a kernel passed by qemu (direct) or the one
+    # extlinux entry the host writes (bios).  No boot loader is installed or
+    # updated from inside, whatever the user's configuration enabled.
+    for loader in ("grub", "systemd-boot", "generic-extlinux-compatible"):
+        lines.append(f"  boot.loader.{_s(loader) if '-' in loader else loader}.enable = "
+                     "lib.mkVMOverride false;")
+
+    lines.append(f"  nix.enable = lib.mkDefault {_value(spec.with_nix)};")
+    # nix-gc.nix and nix-optimise.nix assert nix.enable when these are on.
+    lines += ["  nix.gc.automatic = lib.mkIf (!config.nix.enable) (lib.mkForce false);",
+              "  nix.optimise.automatic = lib.mkIf (!config.nix.enable) (lib.mkForce false);"]
     if spec.ssh_keys:
-        lines.append("  services.openssh.enable = true;")
+        lines.append("  services.openssh.enable = lib.mkDefault true;")
         lines.append(f"  users.users.root.openssh.authorizedKeys.keys = {_list(spec.ssh_keys)};")
+    else:
+        # With mutableUsers off and no key, users-groups.nix asserts that
+        # nobody can log in; a slave is reached through its console or not at
+        # all, so say that this is intended.
+        lines.append("  users.allowNoPasswordLogin = lib.mkDefault true;")
+    lines += _marker_unit()
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _marker_unit() -> list[str]:
+    """A oneshot that tells the host, on the console, what booted.
+
+    It prints the same line as the demo's init, so ``run`` recognises a real
+    NixOS guest exactly like the stand-in.
+    """
+    return [
+        f"  systemd.services.{MARKER_UNIT} = {{",
+        '    description = "Tell the host which system booted";',
+        '    wantedBy = [ "multi-user.target" ];',
+        '    after = [ "multi-user.target" ];',
+        "    serviceConfig.Type = \"oneshot\";",
+        "    serviceConfig.RemainAfterExit = true;",
+        '    serviceConfig.StandardOutput = "journal+console";',
+        f"    script = ''echo \"{BOOT_MARKER} $(${{pkgs.coreutils}}/bin/readlink -f "
+        "/run/booted-system)\"'';",
+        "  };",
+    ]
+
+
+def slave_module() -> str:
+    """nixslave/nix/slave.nix: what makes any configuration profile-less."""
+    return (DATA_DIR / "slave.nix").read_text()
+
+
+def guest_module(spec: MachineSpec, *, network_module: str | None = None) -> str:
+    """The whole guest module: slave, machine and network, in one file.
+
+    This is what ``nixslave root module`` prints for users to import in their
+    own flake, and what nixslave imports itself for --config/--flake builds.
+    """
+    head = (f"# Guest module of nix-slave {spec.name}: layout {spec.layout}"
+            f"{' (' + spec.share + ')' if spec.layout == 'shared' else ''}, boot {spec.boot}."
+            "\n# Generated by nixslave; import it beside your own configuration.\n")
+    return (head + "{ ... }:\n{\n  imports = [\n    (\n" + _indent(slave_module(), "      ")
+            + "\n    )\n    (\n" + _indent(machine_module(spec, network_module=network_module),
+                                      "      ")
+            + "\n    )\n  ];\n}\n")

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from nixslave import __version__, nix
 from nixslave.demo import build_demo
 from nixslave.errors import NixError, RootError
-from nixslave.nixos import machine_module, store_kind
+from nixslave.nixos import guest_module, store_kind
 from nixslave.spec import MachineSpec
 
 MANIFEST_PATH = Path("nix/var/nixslave/manifest.json")
@@ -227,8 +228,9 @@ def _nixpkgs_args(spec: MachineSpec) -> list[str]:
 
 
 def _module_file(spec: MachineSpec, network: NodeNetwork | None, workdir: Path) -> Path:
-    path = workdir / "nixslave-machine.nix"
-    module = machine_module(spec, network_module=network.nixos_module if network else None)
+    """The whole guest module (slave + machine + network), checked to parse."""
+    path = workdir / "nixslave-guest.nix"
+    module = guest_module(spec, network_module=network.nixos_module if network else None)
     nix.instantiate_parse(module)
     path.write_text(module)
     return path
@@ -243,12 +245,23 @@ def _build_config(spec: MachineSpec, network: NodeNetwork | None) -> Path:
     nix_path = _nixpkgs_args(spec)
     with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
         module = _module_file(spec, network, Path(tmp))
-        expr = (
-            "(import <nixpkgs/nixos> { configuration = { imports = [ "
-            f"{config} {nix.DATA_DIR / 'slave.nix'} {module} ]; }}; }})"
-            ".config.system.build.toplevel"
-        )
-        return nix.build(expr=expr, nix_path=nix_path, what="NixOS build")[0]
+        return nix.build(file=nix.DATA_DIR / "eval-config.nix", nix_path=nix_path,
+                         argstrs={"configuration": str(config), "guestModule": str(module)},
+                         what="NixOS build")[0]
+
+
+def flake_ref(ref: str) -> str:
+    """A reference builtins.getFlake accepts: local paths as ``path:`` URLs.
+
+    ``github:``, ``git+https:``, ``path:`` and the like pass unchanged; a bare
+    path (``.``, ``./sys``, ``/srv/flake``) becomes an absolute ``path:`` URL,
+    since getFlake has no working directory, with spaces, ``@`` and the like
+    percent-encoded.
+    """
+    scheme = ref.split(":", 1)[0] if ":" in ref else ""
+    if scheme and "/" not in scheme:
+        return ref
+    return "path:" + urllib.parse.quote(str(Path(ref).expanduser().resolve()), safe="/")
 
 
 def _build_flake(spec: MachineSpec, network: NodeNetwork | None) -> Path:
@@ -256,15 +269,13 @@ def _build_flake(spec: MachineSpec, network: NodeNetwork | None) -> Path:
     ref, _, attr = spec.flake.partition("#")
     with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
         module = _module_file(spec, network, Path(tmp))
-        expr = (
-            f"((builtins.getFlake (toString {json.dumps(str(Path(ref).resolve()))}))"
-            f".nixosConfigurations.{json.dumps(attr)}.extendModules {{ modules = [ "
-            f"{nix.DATA_DIR / 'slave.nix'} {module} ]; }}).config.system.build.toplevel"
-        )
-        out = nix.run_nix(["nix", "--extra-experimental-features", "nix-command flakes",
-                           "build", "--impure", "--no-link", "--print-out-paths", "--expr",
-                           expr], what="flake build")
-        return Path(out.split()[-1])
+        # nix-build rather than `nix build --print-out-paths`, which Nix 2.8
+        # (Debian 12) lacks; getFlake needs the flakes feature, nothing else.
+        return nix.build(file=nix.DATA_DIR / "eval-flake.nix",
+                         extra_args=["--extra-experimental-features", "nix-command flakes"],
+                         argstrs={"flakeRef": flake_ref(ref), "attr": attr,
+                                  "guestModule": str(module)},
+                         what="flake build")[0]
 
 
 def build(spec: MachineSpec, *, network: NodeNetwork | None = None,

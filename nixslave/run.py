@@ -24,12 +24,12 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nixslave import accel
+from nixslave import accel, nixos
 from nixslave.backends import Artifact, storebind
 from nixslave.errors import RunError
 from nixslave.nixos import STORE_TAG
 
-BOOT_MARKER = "NIXSLAVE-BOOT-OK"
+BOOT_MARKER = nixos.BOOT_MARKER  # the same line from the demo init and the NixOS unit
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 
 

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nixslave.errors import SpecError
 
-NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,47}")
+# Also a valid NixOS networking.hostName (nixos/modules/tasks/network-interfaces.nix:
+# no trailing "-"), since the guest module uses the name as its host name.
+NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,46}[a-z0-9])?")
 SSH_KEY_RE = re.compile(
     r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+=*( .*)?"
@@ -43,7 +45,8 @@ def check_name(name: str) -> str:
     """The one gate a machine name passes before it touches a path."""
     if not NAME_RE.fullmatch(name):
         raise ValueError(
-            f"{name!r} is not a machine name; use 1-48 of a-z, 0-9 and '-', starting with a letter"
+            f"{name!r} is not a machine name; use 1-48 of a-z, 0-9 and '-', starting with a "
+            "letter and not ending with '-'"
         )
     return name
 
@@ -53,7 +56,8 @@ class MachineSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Machine name, [a-z][a-z0-9-]{0,47}.")
+    name: str = Field(description="Machine name: 1-48 of a-z, 0-9 and -, starting with a "
+                      "letter, not ending with -.")
     # exactly one source
     demo: bool = Field(False, description="Use the built-in demo system.")
     config: Path | None = Field(None, description="A NixOS configuration file.")

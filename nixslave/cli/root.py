@@ -12,7 +12,7 @@ from nixslave.spec import MachineSpec
 
 app = typer.Typer(no_args_is_help=True)
 
-NAME = typer.Option("demo", "--name", "-n", help="Machine name ([a-z][a-z0-9-]{0,47}).")
+NAME = typer.Option("demo", "--name", "-n", help="Machine name (a-z, 0-9, -; at most 48).")
 DEMO = typer.Option(False, "--demo", help="Use the built-in demo system.")
 CONFIG = typer.Option(None, "--config", help="A NixOS configuration file.")
 NIXPKGS = typer.Option(None, "--nixpkgs", help="nixpkgs checkout for --config.")
@@ -65,3 +65,47 @@ def schema() -> None:
     from nixslave.spec import json_schema
 
     emit_json(json_schema())
+
+
+@app.command("module")
+def module(
+    name: str = typer.Option(None, "--name", "-n", help="Machine name (default: the node, "
+                             "else demo)."),
+    layout: str = typer.Option("disk", "--layout", help="disk, store-disk or shared."),
+    boot: str = typer.Option("direct", "--boot", help="direct or bios."),
+    share: str = typer.Option("9p", "--share", help="Shared store transport: 9p or virtiofs."),
+    with_nix: bool = WITH_NIX,
+    ssh_key: list[str] = typer.Option(None, "--ssh-key", help="Root's authorized key "
+                                      "(repeatable)."),
+    topology: Path = typer.Option(None, "--topology", help="Topology file (YAML/JSON/TOML)."),
+    node: str = typer.Option(None, "--node", help="This machine's node in the topology."),
+    json_out: bool = JSON,
+) -> None:
+    """Print the complete guest module (slave, machine, network) for your own flake.
+
+    Import the printed file beside your configuration; it yields to it the way
+    nixpkgs' qemu-vm.nix does (see docs/real-nixos.md).
+    """
+    from nixslave.nix import instantiate_parse
+    from nixslave.nixos import guest_module
+
+    if node is not None and topology is None:
+        raise typer.BadParameter("--node needs --topology")
+    # The module does not depend on where the system comes from; any one
+    # source satisfies the spec's validation.
+    spec = MachineSpec.parse(spec_data(
+        name=name if name is not None else (node or "demo"), demo=True, config=None,
+        nixpkgs=None, toplevel=None, flake=None, layout=layout, boot=boot, share=share,
+        with_nix=with_nix, ssh_keys=tuple(ssh_key or ())))
+    network = None
+    if topology is not None:
+        from nixslave.topology import load_plan, node_network
+
+        network = node_network(load_plan(topology), node or spec.name).nixos_module
+    text = guest_module(spec, network_module=network)
+    instantiate_parse(text)
+    if json_out:
+        emit_json({"name": spec.name, "layout": spec.layout, "boot": spec.boot,
+                   "module": text})
+    else:
+        typer.echo(text, nl=False)

@@ -2,9 +2,12 @@
 
 nixslave talks to Nix only through these functions so that every failure
 becomes a :class:`~nixslave.errors.NixError` carrying the command and Nix's
-own message, and so that the offline settings this toolkit needs (no build
-users, no sandbox, no substituters) are applied without touching the user's
-``/etc/nix``: they are merged into ``NIX_CONFIG`` unless the user set it.
+own message.
+
+The offline settings that the demo system needs on a machine without a
+binary cache (no build users, no sandbox, no substituters) apply to the demo
+build alone, through ``NIX_CONFIG`` and only when the user has not set it: a
+user's NixOS or flake build runs with the user's own Nix settings.
 """
 
 from __future__ import annotations
@@ -54,13 +57,20 @@ class PathInfo:
                    tuple(sorted(str(r) for r in refs)))
 
 
-def nix_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for Nix commands: the caller's, plus offline defaults."""
+def nix_env(extra: dict[str, str] | None = None, *, offline: bool = False) -> dict[str, str]:
+    """The environment for Nix commands: the caller's, plus what nixslave needs.
+
+    ``nix-command`` is always enabled as an *extra* feature, never replacing
+    the user's list; ``offline`` adds :data:`OFFLINE_CONFIG` when the user has
+    no ``NIX_CONFIG`` of their own.
+    """
     env = dict(os.environ)
-    if not env.get("NIX_CONFIG"):
+    if offline and not env.get("NIX_CONFIG"):
         env["NIX_CONFIG"] = OFFLINE_CONFIG
-    elif "nix-command" not in env["NIX_CONFIG"]:
-        env["NIX_CONFIG"] += "\nexperimental-features = nix-command"
+    elif "nix-command" not in env.get("NIX_CONFIG", ""):
+        sep = "\n" if env.get("NIX_CONFIG") else ""
+        env["NIX_CONFIG"] = env.get("NIX_CONFIG", "") + sep + \
+            "extra-experimental-features = nix-command"
     if extra:
         env.update(extra)
     return env
@@ -76,13 +86,13 @@ def _nix_message(stderr: str) -> str:
 
 
 def run_nix(cmd: Sequence[str], *, input: str | None = None, what: str = "",
-            env: dict[str, str] | None = None) -> str:
+            env: dict[str, str] | None = None, offline: bool = False) -> str:
     """Run one Nix command and return its stdout, or raise NixError."""
     if shutil.which(cmd[0]) is None:
         raise NixError(f"{cmd[0]} is not installed", cmd=list(cmd),
                        hint="install Debian's nix-bin (scripts/setup.sh does)")
     proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True,
-                          env=env or nix_env())
+                          env=env or nix_env(offline=offline))
     if proc.returncode != 0:
         msg = _nix_message(proc.stderr)
         raise NixError(f"{what or cmd[0]} failed: {msg}", cmd=list(cmd), stderr=proc.stderr,
@@ -94,12 +104,17 @@ def run_nix(cmd: Sequence[str], *, input: str | None = None, what: str = "",
 def build(
     *, file: Path | None = None, expr: str | None = None, attr: str | None = None,
     args: dict[str, str] | None = None, argstrs: dict[str, str] | None = None,
-    nix_path: Sequence[str] = (), what: str = "nix-build",
+    nix_path: Sequence[str] = (), what: str = "nix-build", offline: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> list[Path]:
-    """Build a file, an expression or an attribute and return the out paths."""
+    """Build a file, an expression or an attribute and return the out paths.
+
+    Values reach Nix as ``--arg``/``--argstr``, never spliced into an
+    expression, so paths with spaces or ``@`` and any flake reference work.
+    """
     if (file is None) == (expr is None):
         raise ValueError("give exactly one of file or expr")
-    cmd = ["nix-build", "--no-out-link"]
+    cmd = ["nix-build", "--no-out-link", *extra_args]
     for entry in nix_path:
         cmd += ["-I", entry]
     if file is not None:
@@ -112,7 +127,7 @@ def build(
         cmd += ["--arg", k, v]
     for k, v in sorted((argstrs or {}).items()):
         cmd += ["--argstr", k, v]
-    out = run_nix(cmd, what=what)
+    out = run_nix(cmd, what=what, offline=offline)
     return [Path(p) for p in out.split()]
 
 
