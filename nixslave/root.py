@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
+import stat
 import subprocess
 import tempfile
 import urllib.parse
@@ -118,7 +120,7 @@ class Root:
                 say("registering the closure in the guest's Nix database")
                 self._load_db(work, include_store)
             write_manifest(work, self.manifest())
-            normalize_times(work)
+            normalize_tree(work)
             if tree.exists():
                 tree.rmdir()
             work.rename(tree)
@@ -130,6 +132,7 @@ class Root:
     def _load_db(self, work: Path, include_store: bool) -> None:
         if include_store:
             nix.load_db(work, self.registration)
+            fix_registration_times(work)
             # Nix creates its hardlink-optimisation directory; the guest's
             # store must hold the closure and nothing else.
             links = work / "nix/store/.links"
@@ -142,6 +145,7 @@ class Root:
             s = Path(scratch)
             self.copy_store(s / "nix/store")
             nix.load_db(s, self.registration)
+            fix_registration_times(s)
             shutil.copytree(s / "nix/var/nix/db", work / "nix/var/nix/db")
             force_rmtree(s / "nix/store")
 
@@ -179,18 +183,57 @@ def copy_paths(paths: list[str], store_dir: Path) -> str:
                     where="prepare", hint="check free space and permissions")
 
 
-def normalize_times(tree: Path) -> None:
-    """Give everything outside the store the store's mtime (1) for reproducible images."""
+def normalize_tree(tree: Path) -> None:
+    """Fix modes and times of everything outside the store, for reproducible images.
+
+    Directories the builder creates get their mode from its umask, and mkfs
+    copies modes as it finds them: with umask 077 or 002 the same inputs would
+    give different images.  So every directory is 0755 (``/tmp`` 1777, the
+    store 1775), every file 0644 or 0755 by its owner's execute bit, and every
+    time the store's epoch (1).  Store paths keep Nix's own modes.
+    """
     store = tree / "nix/store"
+    special = {tree / "tmp": 0o1777, store: 0o1775}
     for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
         d = Path(dirpath)
         if d == store:
             dirnames[:] = []
         for n in filenames + dirnames:
-            os.utime(d / n, (1, 1), follow_symlinks=False)
+            p = d / n
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                if p != store:
+                    os.chmod(p, special.get(p, 0o755))
+            elif stat.S_ISREG(st.st_mode) and d != store:
+                os.chmod(p, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+            os.utime(p, (1, 1), follow_symlinks=False)
+    os.chmod(tree, 0o755)
+    if store.is_dir():
+        os.chmod(store, 0o1775)
     for d in (tree, store, tree / "nix"):
         if d.exists():
             os.utime(d, (1, 1))
+
+
+normalize_times = normalize_tree  # the name the disk backend used first
+
+
+def fix_registration_times(root: Path) -> None:
+    """Give every path in the guest's Nix database the image's epoch (1).
+
+    ``nix-store --load-db`` stamps each path with the time of loading, which
+    would make --with-nix images differ from build to build.
+    """
+    db = root / "nix/var/nix/db/db.sqlite"
+    con = sqlite3.connect(db)
+    try:
+        con.execute("UPDATE ValidPaths SET registrationTime = 1")
+        con.commit()
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+    for leftover in ("db.sqlite-wal", "db.sqlite-shm"):
+        (db.parent / leftover).unlink(missing_ok=True)
 
 
 def force_rmtree(path: Path) -> None:
