@@ -8,12 +8,12 @@ as one line on stderr and exit code 2; `--debug` shows the traceback.
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 import traceback
 
 import typer
 
+from nixslave import interrupt
 from nixslave.cli._common import state
 
 app = typer.Typer(
@@ -83,19 +83,25 @@ def format_error(exc: BaseException) -> str:
     return line
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so scratch files are removed on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM unwinds like Ctrl-C, so scratch files are removed on the way out.
+    interrupt.install()
+    rc = _main(argv)
+    if interrupt.received() is not None and rc in (0, 130):
+        # The interrupt was swallowed somewhere (or arrived at the very end):
+        # the exit code still says the command did not complete.
+        print("nixslave: interrupted", file=sys.stderr)
+        return interrupt.exit_code()
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         # Without standalone mode typer returns Exit codes (and Ctrl-C's 130)
         # instead of raising them.
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc:
-            if rc == 130:
+            if rc == 130 and interrupt.received() is None:
                 print("nixslave: interrupted", file=sys.stderr)
             return rc
     except SystemExit as exc:
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print("nixslave: aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("nixslave: interrupted", file=sys.stderr)
+        if interrupt.received() is None:
+            print("nixslave: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one place that turns errors into exit codes
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
