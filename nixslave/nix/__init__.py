@@ -23,7 +23,9 @@ from pathlib import Path
 from nixslave.errors import NixError
 
 STORE_DIR = Path("/nix/store")
-GCROOTS_DIR = Path("/nix/var/nix/gcroots/nixslave")
+# NIXSLAVE_GCROOTS_DIR moves nixslave's GC roots (a test suite, a second
+# installation); Nix only honours roots under /nix/var/nix/gcroots.
+GCROOTS_DIR = Path(os.environ.get("NIXSLAVE_GCROOTS_DIR") or "/nix/var/nix/gcroots/nixslave")
 DATA_DIR = Path(__file__).parent
 
 OFFLINE_CONFIG = "\n".join([
