@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from nixslave.netconf import Plan, load_topology, plan, topology_from_data
 from nixslave.netconf.importers import import_clab, import_netlab
 from nixslave.netconf.load import read_data
@@ -33,10 +35,16 @@ def load_case(d: Path) -> Plan:
 
 
 def expected(d: Path, p: Plan) -> dict:
+    """The reviewed plan of case ``d``. A missing expected.json fails the
+    test instead of being written from the code under test (which would make
+    the test pass whatever the code does); ``NIXSLAVE_REGEN=1`` rewrites it
+    on request, for a human to review the diff."""
     path = d / "expected.json"
-    got = p.to_dict()
-    if REGEN or not path.exists():
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    if REGEN:
+        path.write_text(json.dumps(p.to_dict(), indent=1, sort_keys=True) + "\n")
+    if not path.exists():
+        pytest.fail(f"{path} is missing: write it by hand, or run with NIXSLAVE_REGEN=1 "
+                    "and review what it wrote", pytrace=False)
     return json.loads(path.read_text())
 
 

@@ -56,7 +56,11 @@ def test_renderers_and_wiring_cover_every_interface(case: Path, tmp_path: Path) 
         nix, sh = render_nixos(p, node), render_sh(p, node)
         files = render_networkd(p, node)
         for i in np.interfaces:
-            assert f'matchConfig.Name = "{i.name}"' in nix
+            if np.kind == "container":  # named by the backend, MAC set by networkd
+                assert f'matchConfig.Name = "{i.name}"' in nix
+            else:  # renamed by MAC; the .network matches the MAC too
+                assert f'linkConfig.Name = "{i.name}"' in nix
+                assert nix.count(f'matchConfig.MACAddress = "{i.mac}"') == 2
             assert i.mac in nix and i.mac in sh
             assert f"{i.name}.network" in "".join(files)
             for a in i.addresses:
@@ -185,3 +189,18 @@ def test_peers_lists_other_nodes() -> None:
     peers = p.peers("a1")
     assert set(peers) == set(p.nodes) - {"a1"}
     assert all(peers.values())
+
+
+def test_missing_expected_file_fails_unless_regen_asked(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expectation written by the code under test proves nothing: a case
+    without expected.json fails, and only NIXSLAVE_REGEN=1 writes one."""
+    from . import helpers
+
+    p = load_case(next(c for c in CASES if c.name == "star-lan"))
+    monkeypatch.setattr(helpers, "REGEN", False)
+    with pytest.raises(pytest.fail.Exception, match=r"expected\.json is missing"):
+        expected(tmp_path, p)
+    assert not (tmp_path / "expected.json").exists()
+    monkeypatch.setattr(helpers, "REGEN", True)
+    assert expected(tmp_path, p) == p.to_dict()
