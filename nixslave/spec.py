@@ -51,6 +51,23 @@ def check_name(name: str) -> str:
     return name
 
 
+def valid_name(name: str, where: str = "name") -> str:
+    """check_name for command-line input: a SpecError rather than a ValueError."""
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise SpecError(str(exc), where=where,
+                        hint="machine names are like web-1: a-z, 0-9 and '-'") from None
+
+
+def valid_size(value: str, where: str) -> int:
+    """parse_size for command-line input: a SpecError rather than a ValueError."""
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise SpecError(str(exc), where=where, hint="for example 64K, 2M or 1G") from None
+
+
 class MachineSpec(BaseModel):
     """One machine: where its system comes from and how it is materialized."""
 

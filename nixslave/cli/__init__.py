@@ -83,6 +83,14 @@ def format_error(exc: BaseException) -> str:
     return line
 
 
+def usage_line(exc: BaseException) -> str:
+    """A click/typer usage error as nixslave's one line: where, what, a hint."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "nixslave"
+    what = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    return f"nixslave usage: {where}: {what} (hint: see '{where} --help')"
+
+
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so scratch files are removed on the way out.
     interrupt.install()
@@ -116,8 +124,9 @@ def _main(argv: list[str] | None) -> int:
             print("nixslave: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one place that turns errors into exit codes
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click usage
+            if exc.format_message().strip():  # empty: typer already printed the help
+                print(usage_line(exc), file=sys.stderr)
             return 2
         if state.debug:
             traceback.print_exc()

@@ -6,6 +6,7 @@ import typer
 
 from nixslave import gcroots
 from nixslave.cli._common import emit_json, err_console
+from nixslave.spec import valid_name
 
 app = typer.Typer(no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
@@ -15,6 +16,8 @@ JSON = typer.Option(False, "--json", help="Machine-readable output.")
 def list_(names: list[str] = typer.Argument(None, help="Only these machines."),
           json_out: bool = JSON) -> None:
     """Machines whose closures the host keeps alive, and their images."""
+    for n in names or ():
+        valid_name(n, "gc list")
     ms = [m for m in gcroots.machines() if not names or m.name in names]
     if json_out:
         emit_json([m.to_json() for m in ms])
@@ -41,5 +44,5 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what w
 @app.command("remove")
 def remove(name: str = typer.Argument(..., help="Machine name.")) -> None:
     """Drop one machine's roots now (its paths go at the next host GC)."""
-    for root in gcroots.remove_machine(name):
+    for root in gcroots.remove_machine(valid_name(name, "gc remove")):
         print(f"removed {root}")

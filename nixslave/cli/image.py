@@ -11,7 +11,8 @@ from nixslave.backends.disk import DiskOptions
 from nixslave.build import build_image
 from nixslave.cli._common import emit_json, progress_printer, spec_data
 from nixslave.cli.root import CONFIG, DEMO, FLAKE, JSON, NIXPKGS, TOPLEVEL, WITH_NIX
-from nixslave.spec import MachineSpec, parse_size
+from nixslave.errors import BuildError
+from nixslave.spec import MachineSpec, valid_size
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -44,7 +45,7 @@ class Compress(str, Enum):  # noqa: UP042
 
 @app.command("build")
 def build(
-    out: Path = typer.Option(..., "-o", "--output", help="Image file to write."),
+    out: str = typer.Option(..., "-o", "--output", help="Image file to write."),
     name: str = typer.Option(None, "--name", "-n", help="Machine name (default: the node, "
                              "else demo)."),
     demo: bool = DEMO, config: Path = CONFIG, nixpkgs: Path = NIXPKGS,
@@ -70,19 +71,24 @@ def build(
     """Materialize a machine into a raw or qcow2 disk, without a VM."""
     if node is not None and topology is None:
         raise typer.BadParameter("--node needs --topology")
+    if not out or out.endswith("/"):
+        # checked on the text: a Path would drop the trailing slash
+        raise BuildError("-o names a directory", where=out or "-o",
+                         hint="give a file name such as machine.qcow2")
     if preallocation not in ("off", "metadata"):
         raise typer.BadParameter("--preallocation must be off or metadata")
     spec = MachineSpec.parse(spec_data(
-        name=name or node or "demo", demo=demo, config=config, nixpkgs=nixpkgs,
-        toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot.value,
+        name=name if name is not None else (node or "demo"), demo=demo, config=config,
+        nixpkgs=nixpkgs, toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot.value,
         layout=layout.value, share=share.value, size=size, memory=memory, cpus=cpus,
         halt=(topology is None) if halt is None else halt))
     options = DiskOptions(
-        format=fmt.value, cluster_size=parse_size(cluster_size) if cluster_size else None,
+        format=fmt.value,
+        cluster_size=valid_size(cluster_size, "--cluster-size") if cluster_size else None,
         preallocation=preallocation,  # type: ignore[arg-type]
         compression=compress.value if compress else None,  # type: ignore[arg-type]
         overlay=overlay, checksum=checksum)
-    artifact = build_image(spec, out, options, topology=topology, node=node,
+    artifact = build_image(spec, Path(out), options, topology=topology, node=node,
                            progress=progress_printer(json_out))
     if json_out:
         emit_json(artifact.to_json())
