@@ -5,18 +5,23 @@
 an offline upgrade or repair of that guest needs.  A small record beside the
 roots remembers which image files each machine has, so roots of machines
 whose images are all gone can be pruned.
+
+``NIXSLAVE_STATE_DIR`` (default ``/nix/var/nixslave``) moves the records, so
+that a test suite or a second installation leaves the host's own alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nixslave import nix
 from nixslave.spec import check_name
 
-RECORDS_DIR = Path("/nix/var/nixslave/images")
+STATE_DIR = Path(os.environ.get("NIXSLAVE_STATE_DIR") or "/nix/var/nixslave")
+RECORDS_DIR = STATE_DIR / "images"
 ROOT_KINDS = ("current", "booted")
 
 

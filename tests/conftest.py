@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from nixslave import nix
+# Host state of this test session: GC roots and image records go to a private
+# directory instead of /nix/var/nix/gcroots/nixslave and /nix/var/nixslave,
+# here and in every CLI subprocess.  nixslave reads these variables when it is
+# imported, so they are set before the first import (checked in host_state).
+_STATE = Path(tempfile.mkdtemp(prefix="nixslave-test-state-"))
+os.environ["NIXSLAVE_GCROOTS_DIR"] = str(_STATE / "gcroots")
+os.environ["NIXSLAVE_STATE_DIR"] = str(_STATE / "state")
+
+from nixslave import gcroots, nix  # noqa: E402
 
 os.environ.setdefault("NIX_CONFIG", nix.OFFLINE_CONFIG)
 
@@ -38,8 +48,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             missing = [t for t in mark.args if shutil.which(t) is None]
             if missing:
                 item.add_marker(pytest.mark.skip(reason=f"{', '.join(missing)} not installed"))
-        if "netns" in item.keywords and os.geteuid() != 0:
-            item.add_marker(pytest.mark.skip(reason="netns tier needs root"))
+        for tier in ("netns", "nspawn"):
+            if tier in item.keywords and os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason=f"{tier} tier needs root"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,3 +78,28 @@ def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from nixslave.root import force_rmtree
 
     force_rmtree(path)
+
+
+@dataclass(frozen=True)
+class HostState:
+    """Where this session's GC roots and image records go (in-process and CLI alike)."""
+
+    gcroots: Path
+    records: Path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_state() -> Iterator[HostState]:
+    """Keep the session's GC roots and records off the host, and remove them after."""
+    state = HostState(gcroots=_STATE / "gcroots", records=_STATE / "state" / "images")
+    if (state.gcroots, state.records) != (nix.GCROOTS_DIR, gcroots.RECORDS_DIR):
+        _remove_state()
+        pytest.exit("nixslave was imported before tests/conftest.py set NIXSLAVE_GCROOTS_DIR "
+                    "and NIXSLAVE_STATE_DIR: the tests would write the host's GC roots",
+                    returncode=3)
+    yield state
+    _remove_state()
+
+
+def _remove_state() -> None:
+    shutil.rmtree(_STATE, ignore_errors=True)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from clirun import nixslave_popen
 
 from nixslave import gcroots, nix
-from nixslave.backends import Artifact
+from nixslave.backends import Artifact, disk
 from nixslave.backends.disk import (
     DiskBackend,
     DiskOptions,
@@ -24,6 +26,9 @@ from nixslave.backends.disk import (
 from nixslave.errors import BuildError
 from nixslave.root import Root, build
 from nixslave.spec import MachineSpec
+
+if TYPE_CHECKING:
+    from conftest import HostState
 
 pytestmark = pytest.mark.nix
 
@@ -110,8 +115,6 @@ def test_explicit_size_is_the_virtual_size(tmp_path: Path) -> None:
     a = DiskBackend().materialize(_root(size="300M"), tmp_path / "s.qcow2",
                                   DiskOptions(gcroot=False))
     assert _info(a.image)["virtual-size"] == 300 << 20
-
-
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -218,9 +221,140 @@ def test_gc_roots_follow_images(tmp_path: Path) -> None:
     assert nix.list_gcroots(gcroots=roots) == {}
 
 
-def test_build_adds_the_current_root(tmp_path: Path) -> None:
+def test_build_adds_the_current_root(tmp_path: Path, host_state: HostState) -> None:
+    """Bug: a build that no longer adds ``<name>-current`` (or records its image),
+    so a host GC deletes the closure an offline upgrade of the image needs."""
     root = _root()
     DiskBackend().materialize(root, tmp_path / "r.qcow2")
-    assert nix.list_gcroots()["disktest-current"] == root.toplevel
-    m = {m.name: m for m in gcroots.machines()}["disktest"]
-    assert str((tmp_path / "r.qcow2").absolute()) in m.images_present
+    link = host_state.gcroots / "disktest-current"
+    assert os.readlink(link) == root.toplevel
+    record = json.loads((host_state.records / "disktest.json").read_text())
+    assert str(tmp_path / "r.qcow2") in record["images"]
+    assert record["toplevel"] == root.toplevel
+
+
+# -- the image appears atomically ----------------------------------------------
+
+def _sha256_fd(f: object) -> str:
+    h = hashlib.sha256()
+    f.seek(0)  # type: ignore[attr-defined]
+    while chunk := f.read(1 << 20):  # type: ignore[attr-defined]
+        h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_rebuild_replaces_the_image_by_rename(tmp_path: Path, fmt: str) -> None:
+    """Bug: the image written in place (qemu-img convert or a copy straight to the
+    target) instead of into a temporary file renamed over it.  A reader of the old
+    image (a running guest, a copy in progress) must keep the old bytes, and the
+    new image must be a new inode; writing in place rewrites the same inode."""
+    out = tmp_path / f"m.{fmt}"
+    DiskBackend().materialize(_root(), out, DiskOptions(format=fmt, gcroot=False))
+    with open(out, "rb") as old:
+        old_st = os.fstat(old.fileno())
+        old_sha = _sha256_fd(old)
+        # another size, so the new image's bytes differ from the old ones
+        DiskBackend().materialize(_root(size="300M"), out,
+                                  DiskOptions(format=fmt, gcroot=False))
+        new_st = os.stat(out)
+        assert new_st.st_ino != old_st.st_ino
+        assert os.fstat(old.fileno()).st_nlink == 0  # unlinked by the rename
+        assert _sha256_fd(old) == old_sha
+    assert _info(out)["virtual-size"] == 300 << 20
+    assert sha256_file(out) != old_sha
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, f"{out.name}.nixslave.json"]
+
+
+def test_interrupted_conversion_keeps_the_old_image(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the image converted straight to the target (or the target removed
+    first): a build that dies while qemu-img writes leaves a torn image where a
+    good one was.  qemu-img is made to write half an image to the output it was
+    given and the build is interrupted there."""
+    out = tmp_path / "m.qcow2"
+    DiskBackend().materialize(_root(), out, DiskOptions(gcroot=False))
+    old_sha = sha256_file(out)
+    old_sidecar = (tmp_path / "m.qcow2.nixslave.json").read_bytes()
+    real_run = disk._run
+
+    def dying_qemu_img(cmd: list[str], what: str, where: Path) -> None:
+        if cmd[:2] != ["qemu-img", "convert"]:
+            return real_run(cmd, what, where)
+        with open(cmd[-1], "wb") as f:  # qemu-img's last argument is its output
+            f.write(b"QFI\xfb" + b"\0" * 4096)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(disk, "_run", dying_qemu_img)
+    with pytest.raises(KeyboardInterrupt):
+        DiskBackend().materialize(_root(size="300M"), out, DiskOptions(gcroot=False))
+    assert sha256_file(out) == old_sha
+    assert (tmp_path / "m.qcow2.nixslave.json").read_bytes() == old_sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qcow2", "m.qcow2.nixslave.json"]
+
+
+# -- qcow2 compression is really applied ----------------------------------------
+
+def _check(path: Path) -> dict[str, int]:
+    out = subprocess.run(["qemu-img", "check", "--output=json", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _cluster_stats(raw: Path, cluster: int) -> tuple[int, int, int]:
+    """Of the guest's bytes, computed here with zlib and independent of nixslave:
+    the clusters holding data, those raw deflate (qcow2's zlib: window 2^12,
+    memLevel 9) makes smaller than a cluster, and those it shrinks by a tenth."""
+    import zlib
+
+    data = smaller = tenth = 0
+    with open(raw, "rb") as f:
+        while block := f.read(cluster):
+            if block.count(0) == len(block):
+                continue
+            data += 1
+            z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+            n = len(z.compress(block) + z.flush())
+            smaller += n < cluster
+            tenth += n < cluster * 0.9
+    return data, smaller, tenth
+
+
+def test_compression_is_applied(tmp_path: Path) -> None:
+    """Bug: ``--compress zstd|zlib`` silently not applied (``-c`` dropped, only the
+    header's compression type set, or the store disk converted without it).  The
+    clusters qemu stored compressed are counted by ``qemu-img check`` and compared
+    with what zlib can shrink of the same guest bytes."""
+    root = _root()
+    plain = DiskBackend().materialize(root, tmp_path / "plain.qcow2",
+                                      DiskOptions(gcroot=False)).image
+    raw = tmp_path / "guest.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(plain), str(raw)], check=True)
+    cluster = int(_info(plain)["cluster-size"])  # type: ignore[call-overload]
+    data, smaller, tenth = _cluster_stats(raw, cluster)
+    raw.unlink()
+    assert tenth > 20  # busybox, the etc tree and fs metadata compress
+    assert _check(plain).get("compressed-clusters", 0) == 0
+    assert _check(plain)["allocated-clusters"] == data
+    compressed = {}
+    for kind in ("zstd", "zlib"):
+        img = DiskBackend().materialize(root, tmp_path / f"{kind}.qcow2", DiskOptions(
+            compression=kind, gcroot=False)).image  # type: ignore[arg-type]
+        chk = _check(img)
+        assert chk["allocated-clusters"] == data, kind
+        compressed[kind] = chk.get("compressed-clusters", 0)
+        # zstd keeps a cluster compressed only for a gain of about 1/64, so
+        # only what deflate shrinks by a tenth is sure to be compressed by both
+        assert compressed[kind] >= tenth, (kind, compressed, tenth)
+        assert _info(img)["format-specific"]["data"]["compression-type"] == kind  # type: ignore[index]
+        assert img.stat().st_size < plain.stat().st_size
+        # same guest bytes
+        subprocess.run(["qemu-img", "compare", "-q", str(plain), str(img)], check=True)
+    # with zlib, qcow2 keeps every cluster compressed that deflate makes smaller
+    assert abs(compressed["zlib"] - smaller) <= max(2, smaller // 50), (compressed, smaller)
+    # the store disk of a store-disk layout is compressed too
+    a = DiskBackend().materialize(_root(layout="store-disk"), tmp_path / "s.qcow2",
+                                  DiskOptions(compression="zstd", gcroot=False))
+    assert a.store_image is not None
+    assert _check(a.store_image).get("compressed-clusters", 0) > 20
+    assert _info(a.store_image)["format-specific"]["data"]["compression-type"] == "zstd"  # type: ignore[index]

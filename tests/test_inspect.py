@@ -3,11 +3,13 @@
 An appliance launch costs tens of seconds under TCG, so every launch this
 module needs runs once, two at a time, in one module fixture; the tests
 then only look at the results.  Refusals that need no launch are tested
-directly.
+directly.  Every image's sha256 is taken before the launches and compared
+after them: inspection must never write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -43,6 +45,8 @@ REPORT_KEYS = {
 # inspected together in one launch by inspect_images
 BATCH = ("nixos", "plain", "random", "corrupt")
 INTRUDER = "00000000000000000000000000000000-intruder"
+# the closure path deleted from the "damaged" image: the demo system's busybox
+DELETED_SUFFIX = "-busybox"
 
 
 def _variant(root: Root, **spec: Any) -> Root:
@@ -64,13 +68,61 @@ def imgs(demo_root: Root, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "plain": images.plain_ext4_image(work),
         "random": images.random_image(work),
         "corrupt": images.corrupt_manifest_image(demo_root, work),
+        "damaged": images.direct_image(demo_root, _mkdir(work / "damaged"), fmt="raw"),
     }
 
 
+def _mkdir(d: Path) -> Path:
+    d.mkdir()
+    return d
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _deleted_path(root: Root) -> str:
+    [path] = [p for p in root.paths if p.endswith(DELETED_SUFFIX)]
+    return path
+
+
+def _delete_in_image(img: Path, path: str) -> None:
+    """Remove ``path`` from a raw whole-disk ext4 image, with libguestfs directly."""
+    import guestfs  # type: ignore[import-not-found]
+
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(img), format="raw", readonly=False)
+        g.launch()
+        g.mount("/dev/sda", "/")
+        assert g.is_dir(path)
+        g.rm_rf(path)
+        g.umount_all()
+        g.shutdown()
+    finally:
+        g.close()
+
+
 @pytest.fixture(scope="module")
-def results(imgs: dict[str, Path]) -> dict[str, Any]:
-    """Every launch of this module (four), two at a time; a raised error is the result."""
+def before(imgs: dict[str, Path]) -> dict[str, str]:
+    """sha256 of every image before anything inspects it (the damaged one is edited)."""
+    return {k: _sha256(p) for k, p in imgs.items() if k != "damaged"}
+
+
+@pytest.fixture(scope="module")
+def results(imgs: dict[str, Path], before: dict[str, str], demo_root: Root) -> dict[str, Any]:
+    """Every launch of this module (six), two at a time; a raised error is the result."""
+
+    def damaged() -> ImageReport:
+        _delete_in_image(imgs["damaged"], _deleted_path(demo_root))
+        return inspect_image(imgs["damaged"])
+
     calls: dict[str, Callable[[], Any]] = {
+        "damaged": damaged,  # two launches: first, so the others overlap them
         "direct": lambda: inspect_image(imgs["direct"]),
         "files": lambda: list_files(imgs["direct"]),
         "bios": lambda: inspect_image(imgs["bios"], store_image=imgs["store"]),
@@ -158,6 +210,32 @@ def test_bios_root_with_store_disk(results: dict[str, Any], demo_root: Root,
     assert r.extra_paths == [f"/nix/store/{INTRUDER}"]
     assert r.generations == ["system-2-link"]
     assert len(r.warnings) == 2
+
+
+def test_deleted_store_path_is_missing(results: dict[str, Any], demo_root: Root) -> None:
+    """Bug: inspect claiming ``store_complete`` for an image whose store lost a
+    closure path (completeness taken from the manifest alone, or a count compared
+    instead of the names); the path deleted with libguestfs must be reported."""
+    r = _report(results, "damaged")
+    deleted = _deleted_path(demo_root)
+    assert r.is_nixslave and r.toplevel == demo_root.toplevel
+    assert r.closure_count == len(demo_root.paths)
+    assert r.store_complete is False
+    assert r.missing_paths == [deleted]
+    assert r.store_paths_present == len(demo_root.paths) - 1
+    assert r.extra_paths == []
+    assert r.to_json()["store_complete"] is False
+
+
+def test_inspection_never_writes_the_image(results: dict[str, Any], imgs: dict[str, Path],
+                                          before: dict[str, str]) -> None:
+    """Bug: an image opened read-write (a drive added without ``readonly``, a file
+    system mounted rw, a journal replayed); even mounting ext4 rw changes its
+    superblock.  qcow2 (direct) and raw (bios, store, batch) images alike."""
+    assert {"direct", "bios", "store", "nixos", "corrupt"} <= set(before)
+    assert probe_image(imgs["direct"])["format"] == "qcow2"
+    assert probe_image(imgs["bios"])["format"] == "raw"
+    assert {k: _sha256(imgs[k]) for k in before} == before
 
 
 def test_plain_nixos_image(results: dict[str, Any], demo_root: Root) -> None:
