@@ -8,17 +8,18 @@ the way out.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nixslave import gcroots, nix
-from nixslave.backends import Artifact
+from nixslave.backends import Artifact, publish
 from nixslave.errors import RunError
 from nixslave.netconf import Plan
 from nixslave.run import VMConfig, fleet, vm_config
@@ -76,7 +77,11 @@ def run_artifacts(
         net = host_wiring(plan, n, rundir) if plan is not None else []
         configs.append(vm_config(a, net_args=net))
     results: list[GuestResult] = []
-    with fleet(configs, rundir, helper_argvs=helpers, echo=echo) as vms:
+    with ExitStack() as held, fleet(configs, rundir, helper_argvs=helpers, echo=echo) as vms:
+        for a in artifacts:
+            # A rebuild of a running artifact must not sweep its store disk or share.
+            if (a.image.parent / publish.LOCK).exists():
+                held.callback(os.close, publish.hold(a.image.parent))
         t0 = time.monotonic()
         say(f"booting {', '.join(vms)}")
         for a, n in zip(artifacts, node_names, strict=True):
@@ -86,7 +91,8 @@ def run_artifacts(
                             console_log=str(vm.console_log))
             with suppress(OSError):
                 nix.add_gcroot(f"{a.name}-booted", booted)
-                gcroots.record_image(a.name, a.image, booted)
+                gcroots.record_image(a.name, Path(a.extra.get("published_as", a.image)),
+                                     booted)
             say(f"{a.name} booted {booted}")
             results.append(r)
         for a, r in zip(artifacts, results, strict=True):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nixslave import __version__, nix
+from nixslave import __version__, nix, rundir
 from nixslave.demo import build_demo
 from nixslave.errors import NixError, RootError
 from nixslave.nixos import guest_module, store_kind
@@ -286,7 +286,7 @@ def _build_config(spec: MachineSpec, network: NodeNetwork | None) -> Path:
         raise RootError(f"{spec.config} does not exist", where=f"machine {spec.name}.config",
                         hint="pass the path of a NixOS configuration file")
     nix_path = _nixpkgs_args(spec)
-    with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
+    with rundir.entry("eval") as tmp:
         module = _module_file(spec, network, Path(tmp))
         return nix.build(file=nix.DATA_DIR / "eval-config.nix", nix_path=nix_path,
                          argstrs={"configuration": str(config), "guestModule": str(module)},
@@ -310,7 +310,7 @@ def flake_ref(ref: str) -> str:
 def _build_flake(spec: MachineSpec, network: NodeNetwork | None) -> Path:
     assert spec.flake is not None
     ref, _, attr = spec.flake.partition("#")
-    with tempfile.TemporaryDirectory(prefix="nixslave-") as tmp:
+    with rundir.entry("eval") as tmp:
         module = _module_file(spec, network, Path(tmp))
         # nix-build rather than `nix build --print-out-paths`, which Nix 2.8
         # (Debian 12) lacks; getFlake needs the flakes feature, nothing else.

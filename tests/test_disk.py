@@ -117,13 +117,30 @@ def test_explicit_size_is_the_virtual_size(tmp_path: Path) -> None:
     assert _info(a.image)["virtual-size"] == 300 << 20
 
 
+def _published(out: Path) -> list[str]:
+    """The files of the one build ``out`` publishes; asserts nothing else is left.
+
+    Beside ``out`` there is only its hidden build directory, which holds the
+    lock and exactly one build (no scratch, no older build).
+    """
+    siblings = sorted(p.name for p in out.parent.iterdir())
+    assert siblings == sorted([out.name, f".{out.name}.nixslave"]), siblings
+    assert out.is_symlink()
+    base = out.parent / f".{out.name}.nixslave"
+    builds = sorted(p.name for p in base.iterdir() if p.name != "lock")
+    assert len(builds) == 1 and builds[0].startswith("b-"), builds
+    build = base / builds[0]
+    assert Path(os.path.realpath(out)).parent == build
+    return sorted(p.name for p in build.iterdir() if p.name not in ("lock", "overlays"))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_build_leaves_no_target(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "killed.qcow2"
     proc = nixslave_popen("image", "build", "--demo", "--name", "disktest", "-o", str(out),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".killed.qcow2.nixslave-*")):
+    while not list(tmp_path.glob(".killed.qcow2.nixslave/s-*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.005)
     proc.send_signal(sig)
@@ -136,8 +153,7 @@ def test_killed_build_leaves_no_target(tmp_path: Path, sig: signal.Signals) -> N
     done = nixslave_popen("image", "build", "--demo", "--name", "disktest", "-o", str(out),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert done.wait(timeout=120) == 0, done.communicate()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.qcow2",
-                                                          "killed.qcow2.nixslave.json"]
+    assert _published(out) == ["killed.qcow2", "killed.qcow2.nixslave.json"]
 
 
 def test_qcow2_options(tmp_path: Path) -> None:
@@ -154,11 +170,13 @@ def test_qcow2_options(tmp_path: Path) -> None:
     plain = DiskBackend().materialize(root, tmp_path / "plain.qcow2", DiskOptions(gcroot=False))
     assert not all("offset" in e for e in _map(plain.image))
     overlay = _info(tmp_path / "inst" / "p-1.qcow2")
-    assert overlay["backing-filename"] == "../p.qcow2"
+    # the overlay backs onto the base's build, never onto its public name
+    assert overlay["backing-filename"] == os.path.realpath(tmp_path / "p.qcow2")
     assert overlay["backing-filename-format"] == "qcow2"
     inst = Artifact.load(tmp_path / "inst" / "p-1.qcow2")
-    assert inst.image == (tmp_path / "inst" / "p-1.qcow2").absolute()
     assert inst.toplevel == root.toplevel
+    assert _published(tmp_path / "inst" / "p-1.qcow2") == ["p-1.qcow2",
+                                                           "p-1.qcow2.nixslave.json"]
 
 
 @pytest.mark.parametrize(("opts", "match"), [
@@ -175,7 +193,10 @@ def test_bad_options(tmp_path: Path, opts: DiskOptions, match: str) -> None:
 def test_store_disk_layout(tmp_path: Path) -> None:
     root = _root(layout="store-disk")
     a = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
-    assert a.store_image == store_image_path(tmp_path / "m.qcow2")
+    assert a.store_image == store_image_path(a.image)
+    assert a.store_image.parent == Path(os.path.realpath(tmp_path / "m.qcow2")).parent
+    assert _published(tmp_path / "m.qcow2") == ["m-store.qcow2", "m.qcow2",
+                                                "m.qcow2.nixslave.json"]
     assert _debugfs_ls(a.image, "/nix/store") == []
     store = _debugfs_ls(a.store_image, "/")
     assert [s for s in store if s != "lost+found"] == sorted(Path(p).name for p in root.paths)
@@ -189,7 +210,7 @@ def test_store_disk_layout(tmp_path: Path) -> None:
 def test_shared_layout_is_exactly_the_closure(tmp_path: Path) -> None:
     root = _root(layout="shared")
     a = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
-    assert a.share_dir == share_dir_path(tmp_path / "m.qcow2", "disktest")
+    assert a.share_dir == share_dir_path(a.image)
     assert sorted(p.name for p in a.share_dir.iterdir()) == sorted(
         Path(p).name for p in root.paths)
     kernel = next(p for p in root.paths if p.endswith("-linux-kernel"))
@@ -197,10 +218,12 @@ def test_shared_layout_is_exactly_the_closure(tmp_path: Path) -> None:
     if same_fs:  # hardlinks: no extra bytes for file contents
         assert os.stat(a.share_dir / Path(kernel).name).st_ino == os.stat(kernel).st_ino
     assert _debugfs_ls(a.image, "/nix/store") == []
-    # rebuilding replaces the share atomically and keeps it exact
-    DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
-    assert len(list(a.share_dir.iterdir())) == len(root.paths)
-    assert [p.name for p in a.share_dir.parent.iterdir()] == ["store"]
+    # rebuilding switches the share with the image and keeps it exact; the old
+    # build's share is gone, and nothing like .store.old.* is left behind
+    b = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
+    assert b.share_dir != a.share_dir and not a.share_dir.exists()
+    assert len(list(b.share_dir.iterdir())) == len(root.paths)
+    assert _published(tmp_path / "m.qcow2") == ["m.qcow2", "m.qcow2.nixslave.json", "store"]
 
 
 def test_gc_roots_follow_images(tmp_path: Path) -> None:
@@ -263,7 +286,7 @@ def test_rebuild_replaces_the_image_by_rename(tmp_path: Path, fmt: str) -> None:
         assert _sha256_fd(old) == old_sha
     assert _info(out)["virtual-size"] == 300 << 20
     assert sha256_file(out) != old_sha
-    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, f"{out.name}.nixslave.json"]
+    assert _published(out) == [out.name, f"{out.name}.nixslave.json"]
 
 
 def test_interrupted_conversion_keeps_the_old_image(tmp_path: Path,
@@ -275,7 +298,7 @@ def test_interrupted_conversion_keeps_the_old_image(tmp_path: Path,
     out = tmp_path / "m.qcow2"
     DiskBackend().materialize(_root(), out, DiskOptions(gcroot=False))
     old_sha = sha256_file(out)
-    old_sidecar = (tmp_path / "m.qcow2.nixslave.json").read_bytes()
+    old_sidecar = Artifact.load(out).sidecar.read_bytes()
     real_run = disk._run
 
     def dying_qemu_img(cmd: list[str], what: str, where: Path) -> None:
@@ -289,8 +312,8 @@ def test_interrupted_conversion_keeps_the_old_image(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         DiskBackend().materialize(_root(size="300M"), out, DiskOptions(gcroot=False))
     assert sha256_file(out) == old_sha
-    assert (tmp_path / "m.qcow2.nixslave.json").read_bytes() == old_sidecar
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qcow2", "m.qcow2.nixslave.json"]
+    assert Artifact.load(out).sidecar.read_bytes() == old_sidecar
+    assert _published(out) == ["m.qcow2", "m.qcow2.nixslave.json"]
 
 
 # -- qcow2 compression is really applied ----------------------------------------

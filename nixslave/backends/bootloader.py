@@ -48,7 +48,7 @@ def install_extlinux(raw: Path, *, offset: int, dense: tuple[str, ...] = ()) -> 
     mbr = MBR_BIN.read_bytes()[:440]
     fill = {path: holes(raw, path, offset) for path in dense}
     try:
-        with guestfs_handle() as g:
+        with guestfs_handle(tmpdir=raw.parent) as g:
             g.add_drive_opts(str(raw), format="raw", readonly=False)
             g.launch()
             if not g.feature_available(["extlinux"]):

@@ -3,9 +3,10 @@
 The pipeline is: ``Root.prepare`` into a scratch tree beside the target,
 ``mkfs.ext4 -d`` into a raw file (at a 1 MiB partition offset for a
 self-booting disk), libguestfs only to install extlinux, then ``qemu-img
-convert``.  Every intermediate lives in a scratch directory next to the
-target and the target appears by one rename at the end, so an interrupted
-build leaves nothing at the target.
+convert``.  Every file of the artifact (image, sidecar, store disk or share,
+overlay) is made in one build directory and published by one rename of the
+target's symlink (see :mod:`nixslave.backends.publish`), so an interrupted
+build leaves the previous artifact whole and never a mixed pair.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nixslave import boot, gcroots, nix
-from nixslave.backends import Artifact, sidecar_path, storebind
+from nixslave import boot, gcroots, interrupt, nix
+from nixslave.backends import Artifact, storebind
 from nixslave.backends.ext4 import (
     MIB,
     derived_uuid,
@@ -30,9 +30,10 @@ from nixslave.backends.ext4 import (
     round_up,
     tree_usage,
 )
+from nixslave.backends.publish import BuildSet
 from nixslave.errors import BuildError
 from nixslave.nixos import ROOT_LABEL, STORE_LABEL, store_kind
-from nixslave.root import Root, copy_paths, force_rmtree, normalize_times
+from nixslave.root import Root, copy_paths, force_rmtree, normalize_tree
 
 PART_OFFSET = MIB
 Progress = Callable[[str], None]
@@ -64,12 +65,14 @@ class DiskOptions:
                              hint="drop --preallocation or --compress")
 
 
-def store_image_path(out: Path) -> Path:
-    return out.with_name(f"{out.stem}-store{out.suffix}")
+def store_image_path(image: Path) -> Path:
+    """The store disk's name beside its image (inside the build directory)."""
+    return image.with_name(f"{image.stem}-store{image.suffix}")
 
 
-def share_dir_path(out: Path, name: str) -> Path:
-    return out.parent / name / "store"
+def share_dir_path(image: Path) -> Path:
+    """The shared store of a build: exactly its closure, beside its image."""
+    return image.with_name("store")
 
 
 def _say(progress: Progress | None) -> Progress:
@@ -90,17 +93,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def clean_stale(out: Path) -> None:
-    """Remove scratch directories of earlier builds of ``out`` that were killed."""
-    for stale in out.parent.glob(f".{out.name}.nixslave-*"):
-        try:
-            pid = int(stale.name.rsplit("-", 2)[-2])
-        except (ValueError, IndexError):
-            continue
-        if not Path(f"/proc/{pid}").exists():
-            force_rmtree(stale)
 
 
 class DiskBackend:
@@ -124,16 +116,24 @@ class DiskBackend:
             raise BuildError("the output directory does not exist", where=str(out.parent),
                              hint="create it first")
         self._check_size_early(root)
-        clean_stale(out)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.nixslave-{os.getpid()}-",
-                                     dir=out.parent))
         try:
-            artifact = self._build(root, out, opts, work, say, extra)
+            bs = BuildSet(out)
+            bs.__enter__()
+        except OSError as exc:
+            raise BuildError(f"cannot write beside the output: {exc.strerror}",
+                             where=str(out), hint="pick a writable directory") from None
+        try:
+            artifact = self._build(root, bs, opts, say, extra)
+            say("publishing the artifact")
+            final = bs.publish(overlay=None)
         finally:
-            force_rmtree(work)
+            bs.__exit__(None, None, None)
+        artifact = Artifact.load(final / out.name)
+        if opts.overlay is not None:
+            make_overlay(out, opts.overlay)
         if opts.gcroot:
             nix.add_gcroot(f"{spec.name}-current", root.toplevel)
-            gcroots.record_image(spec.name, artifact.image, root.toplevel)
+            gcroots.record_image(spec.name, out, root.toplevel)
         say(f"wrote {out}")
         return artifact
 
@@ -187,9 +187,11 @@ class DiskBackend:
                 hint="leave --size unset for an automatic size")
         return fs
 
-    def _build(self, root: Root, out: Path, opts: DiskOptions, work: Path,
+    def _build(self, root: Root, bs: BuildSet, opts: DiskOptions,
                say: Progress, extra: dict[str, object] | None) -> Artifact:
         spec = root.spec
+        work = bs.work
+        out = bs.image
         kind = store_kind(spec)
         say(f"preparing the root tree ({len(root.paths)} store paths, "
             f"{root.nar_size / MIB:.1f} MiB)")
@@ -224,7 +226,7 @@ class DiskBackend:
         if kind == "store-disk":
             store_image = self._store_disk(root, out, opts, work, say)
         elif kind in ("9p", "virtiofs"):
-            share_dir = self._share_dir(root, out, work, say)
+            share_dir = self._share_dir(root, out, say)
         say(f"writing {opts.format}")
         self._emit(raw, out, opts, work)
         artifact = Artifact(
@@ -233,15 +235,12 @@ class DiskBackend:
             cmdline=boot.cmdline(root.toplevel, spec), store_image=store_image,
             share_dir=share_dir, memory=spec.memory, cpus=spec.cpus,
             sha256=sha256_file(out) if opts.checksum else "", virtual_size=fs_size + (
-                PART_OFFSET if spec.boot == "bios" else 0),
+                PART_OFFSET if spec.boot == "bios" else 0), build=bs.id,
             extra={"closurePaths": len(root.paths), "narSize": root.nar_size,
                    "demo": spec.demo, **loader, **(extra or {})},
         )
-        if opts.overlay is not None:
-            artifact.extra["overlay"] = str(opts.overlay)
+        interrupt.check()
         artifact.save()
-        if opts.overlay is not None:
-            make_overlay(out, opts.overlay)
         return artifact
 
     def _write_extlinux_conf(self, root: Root, tree: Path) -> dict[str, str]:
@@ -259,14 +258,15 @@ class DiskBackend:
             kernel, initrd = "/boot/kernel", "/boot/initrd"
         conf = boot.extlinux_conf(root.toplevel, spec, kernel=kernel, initrd=initrd)
         (bootdir / "extlinux/extlinux.conf").write_text(conf)
-        normalize_times(tree)
+        normalize_tree(tree)
         return {"kernel": kernel, "initrd": initrd}
 
     def _store_disk(self, root: Root, out: Path, opts: DiskOptions, work: Path,
                     say: Progress) -> Path:
         say("making the read-only store disk")
         store_tree = work / "store-tree"
-        store_tree.mkdir()
+        store_tree.mkdir(mode=0o755)
+        os.chmod(store_tree, 0o755)  # whatever the umask
         pre = self._fill_store(root, store_tree)
         usage = tree_usage(store_tree, *(Path(p) for p in root.paths))
         size = round_up(usage.min_fs_size(journal=False) + 8 * MIB, MIB)
@@ -280,25 +280,13 @@ class DiskBackend:
                                             compression=opts.compression), work)
         return target
 
-    def _share_dir(self, root: Root, out: Path, work: Path, say: Progress) -> Path:
-        target = share_dir_path(out, root.spec.name)
-        say(f"filling the shared store {target}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".store.", dir=target.parent))
-        try:
-            method = copy_paths(root.paths, staging)
-            say(f"shared store made by {method}")
-            os.chmod(staging, 0o755)
-            old = None
-            if target.exists():
-                old = target.with_name(f".store.old.{os.getpid()}")
-                target.rename(old)
-            staging.rename(target)
-            if old is not None:
-                force_rmtree(old)
-        except BaseException:
-            force_rmtree(staging)
-            raise
+    def _share_dir(self, root: Root, out: Path, say: Progress) -> Path:
+        """Exactly the closure, in the build directory: switched with the image."""
+        target = share_dir_path(out)
+        target.mkdir()
+        method = copy_paths(root.paths, target)
+        say(f"shared store made by {method}")
+        os.chmod(target, 0o755)
         return target
 
     def _emit(self, raw: Path, target: Path, opts: DiskOptions, work: Path) -> None:
@@ -323,18 +311,37 @@ class DiskBackend:
         tmp.replace(target)
 
 
-def make_overlay(base: Path, overlay: Path) -> None:
-    """A qcow2 overlay for one instance's writes; the base stays pristine."""
+def make_overlay(base: Path, overlay: Path) -> Artifact:
+    """A qcow2 overlay for one instance's writes; the base stays pristine.
+
+    The overlay backs onto the base's *build* (its absolute path), not onto
+    the public name: a later rebuild of the base must not change the bytes
+    under an overlay (qemu would read garbage), and the build directory is
+    kept by the sweep while a published overlay still points into it.  The
+    overlay is itself published as a build set: its file and its sidecar
+    appear together.
+    """
+    from nixslave.backends import publish
+
+    base = Path(base).absolute()
     overlay = Path(overlay).absolute()
+    real_base = Path(os.path.realpath(base))
+    a = Artifact.load(base)
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    rel = os.path.relpath(base, overlay.parent)
-    tmp = overlay.with_name(f".{overlay.name}.{os.getpid()}.tmp")
-    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", rel, str(tmp)],
-         "qemu-img create (overlay)", overlay)
-    tmp.replace(overlay)
-    a = Artifact.load(base) if sidecar_path(base).exists() else None
-    if a is not None:
-        a.image = overlay
-        a.sha256 = ""
-        a.extra = {**a.extra, "backing": str(base)}
-        a.save()
+    with BuildSet(overlay) as bs:
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", a.format, "-b", str(real_base),
+              str(bs.image)], "qemu-img create (overlay)", overlay)
+        # The instance's store disk or share is its base build's; loading the
+        # sidecar takes them from there (see Artifact.load).
+        inst = Artifact(**{**a.__dict__, "image": bs.image, "format": "qcow2", "sha256": "",
+                           "build": bs.id, "store_image": None, "share_dir": None,
+                           "extra": {**{k: v for k, v in a.extra.items() if k != "published_as"},
+                                     "backing": str(real_base)}})
+        inst.save()
+        build = publish.current_build(base)
+        if build is not None:
+            refs = build / publish.OVERLAYS
+            old = refs.read_text() if refs.exists() else ""
+            refs.write_text(old + f"{overlay}\n")
+        bs.publish()
+    return Artifact.load(overlay)

@@ -46,3 +46,20 @@ def remove(name: str = typer.Argument(..., help="Machine name.")) -> None:
     """Drop one machine's roots now (its paths go at the next host GC)."""
     for root in gcroots.remove_machine(valid_name(name, "gc remove")):
         print(f"removed {root}")
+
+
+@app.command("sweep")
+def sweep(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would go."),
+          json_out: bool = JSON) -> None:
+    """Remove what killed nixslave processes left in the run directory."""
+    from nixslave import rundir
+
+    everything = rundir.entries()
+    gone = rundir.sweep(dry_run=dry_run)
+    if json_out:
+        emit_json({"runDir": str(rundir.base()), "dryRun": dry_run,
+                   "removed": [str(p) for p in gone],
+                   "inUse": [str(p) for p, stale in everything if not stale]})
+        return
+    for p in gone:
+        print(f"{'would remove' if dry_run else 'removed'} {p}")

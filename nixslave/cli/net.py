@@ -1,12 +1,18 @@
 """`nixslave net`: plan, render and draw network topologies.
 
 Errors are netconf errors and reach the main CLI's handler unchanged, which
-prints them as one line and exits 2.
+prints them as one line and exits 2. Output paths are checked before any
+work, and outputs are written to a temporary file beside the target and then
+renamed, so a failure never leaves a half-written file where a good one was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
@@ -14,7 +20,14 @@ import typer
 import yaml
 
 from nixslave.cli._common import emit_json
-from nixslave.netconf import NetconfError, Plan, TopologyError, json_schema, load_topology
+from nixslave.netconf import (
+    NetconfError,
+    Plan,
+    TopologyError,
+    json_schema,
+    load_topology,
+    topology_from_data,
+)
 from nixslave.netconf import plan as make_plan
 from nixslave.netconf.export import render_picture, to_dot, to_mermaid, to_node_link_json
 from nixslave.netconf.importers import import_file
@@ -69,11 +82,62 @@ def plan(file: Path) -> Plan:
         raise
 
 
+def _output_error(out: Path, what: str, hint: str) -> NetconfError:
+    return NetconfError(what, where=f"--output {out}", hint=hint)
+
+
+def check_target(out: Path, *, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before planning: a
+    missing parent directory, a directory where a file goes, or a file where
+    a directory goes."""
+    parent = out.parent
+    if directory:
+        if out.exists() and not out.is_dir():
+            raise _output_error(out, "exists and is not a directory",
+                                "name a directory for the networkd files")
+        if out.is_dir():
+            return
+    elif out.is_dir():
+        raise _output_error(out, "is a directory", f"name a file, e.g. {out / 'out.txt'}")
+    if not parent.exists():
+        raise _output_error(out, f"the directory {parent} does not exist", "create it first")
+    if not parent.is_dir():
+        raise _output_error(out, f"{parent} is not a directory", "fix the output path")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(out: Path, produce: Callable[[Path], None]) -> None:
+    """Let ``produce`` write a temporary file beside ``out``, then rename it
+    over ``out``; the temporary file is removed on any failure."""
+    try:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(out, f"cannot write there: {exc.strerror or exc}",
+                            "check the directory's permissions") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        produce(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise _output_error(out, f"cannot write the file: {exc.strerror or exc}",
+                            "check the path and the free space") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def _write(text: str, out: Path | None) -> None:
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.write_text(text)
+        write_atomically(out, lambda tmp: tmp.write_text(text))
 
 
 @app.command()
@@ -115,13 +179,20 @@ def render(
                                     help="File (or directory for networkd)."),
 ) -> None:
     """Render one node's network configuration."""
+    if out is not None:
+        check_target(out, directory=fmt is RenderFormat.networkd)
     p = plan(file)
+    p.node(node)  # an unknown node is an input error, whatever the renderer does
     if fmt is RenderFormat.networkd:
         files = render_networkd(p, node)
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise _output_error(out, f"cannot create the directory: "
+                                    f"{exc.strerror or exc}", "check the path") from None
             for name, text in files.items():
-                (out / name).write_text(text)
+                _write(text, out / name)
             return
         for name, text in files.items():
             typer.echo(f"# ---- {name}")
@@ -138,12 +209,16 @@ def graph(
     out: Path | None = typer.Option(None, "-o", "--output", help="Output file."),
 ) -> None:
     """Draw the topology (dot, mermaid, node-link json, svg or png)."""
+    picture = fmt in (GraphFormat.svg, GraphFormat.png)
+    if picture and out is None:
+        raise TopologyError("a picture needs an output file", where="--output",
+                            hint=f"add -o topology.{fmt.value}")
+    if out is not None:
+        check_target(out)
     p = plan(file)
-    if fmt in (GraphFormat.svg, GraphFormat.png):
-        if out is None:
-            raise TopologyError("a picture needs an output file", where="--output",
-                                hint=f"add -o topology.{fmt.value}")
-        render_picture(p, out, fmt.value)
+    if picture:
+        assert out is not None
+        write_atomically(out, lambda tmp: render_picture(p, tmp, fmt.value))
         return
     text = {"dot": to_dot, "mermaid": to_mermaid, "json": to_node_link_json}[fmt.value](p)
     _write(text, out)
@@ -156,10 +231,16 @@ def import_cmd(
     out: Path | None = typer.Option(None, "-o", "--output", help="Topology file to write."),
 ) -> None:
     """Import a containerlab or netlab topology (the result is validated)."""
+    if out is not None:
+        check_target(out)
     data = import_file(kind.value, file)
-    from nixslave.netconf.load import topology_from_data
-
-    make_plan(topology_from_data(data, source=f"{file} (imported)"))
+    source = f"{file} (imported)"
+    try:
+        make_plan(topology_from_data(data, source=source))
+    except NetconfError as exc:  # planning errors name the element, not the file
+        if not exc.where.startswith(source):
+            exc.where = f"{source}: {exc.where}" if exc.where else source
+        raise
     text = yaml.safe_dump(data, sort_keys=False)
     if out is not None and out.suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"
@@ -176,6 +257,7 @@ def wiring(
 ) -> None:
     """Show how a backend wires one node's NICs."""
     p = plan(file)
+    p.node(node)
     if backend is Backend.qemu:
         emit_json({"args": qemu_wiring(p, node, rundir),
                    "switches": [s.argv for s in qemu_switches(p, rundir)]})

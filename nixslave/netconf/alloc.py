@@ -22,42 +22,57 @@ def h64(*parts: str) -> int:
 
 
 class SubnetPool:
-    """Hands out subnets of a pool; slots of several lengths may coexist."""
+    """Hands out subnets of a pool; slots of several lengths may coexist.
+
+    Taking a slot probes from its home slot onwards, but jumps over whole
+    runs of taken space at once (a static prefix, a larger subnet already
+    handed out), so a pool that a static prefix covers is refused at once
+    instead of after a million probes."""
+
+    MAX_PROBES = 1 << 20
 
     def __init__(self, pool: str, role: str) -> None:
         self.net = ipaddress.ip_network(pool)
         self.role = role
         self.bits = self.net.max_prefixlen
         self.base = int(self.net.network_address)
+        self.last = int(self.net.broadcast_address)
         self.used: dict[int, set[int]] = {}
-        self.blocked: list[tuple[int, int]] = []
+        self.blocked: list[tuple[int, int, str]] = []
 
-    def block(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    def block(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network,
+              where: str = "") -> None:
         """Keep a static prefix out of dynamic allocation."""
         if prefix.version == self.net.version and prefix.overlaps(self.net):  # type: ignore[arg-type]
-            self.blocked.append((int(prefix.network_address), int(prefix.broadcast_address)))
+            lo = max(int(prefix.network_address), self.base)
+            hi = min(int(prefix.broadcast_address), self.last)
+            self.blocked.append((lo, hi, where or str(prefix)))
 
-    def _free(self, plen: int, slot: int) -> bool:
-        lo = self.base + (slot << (self.bits - plen))
-        hi = lo + (1 << (self.bits - plen)) - 1
-        for blo, bhi in self.blocked:
+    def _skip(self, plen: int, slot: int) -> int:
+        """0 if the slot is free, else how many slots to move on to reach
+        one that might be."""
+        size = self.bits - plen
+        lo = self.base + (slot << size)
+        hi = lo + (1 << size) - 1
+        for blo, bhi, _ in self.blocked:
             if blo <= hi and lo <= bhi:
-                return False
+                return ((bhi - self.base) >> size) + 1 - slot
         for other, used in self.used.items():
             if other == plen:
                 if slot in used:
-                    return False
+                    return 1
             elif other < plen:
-                if (slot >> (plen - other)) in used:
-                    return False
+                shift = plen - other
+                if (slot >> shift) in used:  # inside a larger subnet: jump past it
+                    return (((slot >> shift) + 1) << shift) - slot
             else:
                 shift = other - plen
                 if len(used) < (1 << shift):
                     if any((s >> shift) == slot for s in used):
-                        return False
+                        return 1
                 elif any((slot << shift) + k in used for k in range(1 << shift)):
-                    return False
-        return True
+                    return 1
+        return 0
 
     def take(
         self, key: str, plen: int, where: str
@@ -67,14 +82,26 @@ class SubnetPool:
                 f"a /{plen} does not fit in the {self.role} pool {self.net}", where=where,
                 hint=f"use a longer prefix or a larger pools.{self.role}",
             )
+        for blo, bhi, bwhere in self.blocked:
+            if blo == self.base and bhi == self.last:
+                raise TopologyError(
+                    f"the {self.role} pool {self.net} is all taken by the static prefix "
+                    f"of {bwhere}", where=where,
+                    hint=f"move pools.{self.role} or that prefix elsewhere",
+                )
         nslots = 1 << (plen - self.net.prefixlen)
         used = self.used.setdefault(plen, set())
         slot = h64(key) % nslots
-        for _ in range(min(nslots, 1 << 20)):
-            if self._free(plen, slot):
+        covered = 0
+        for _ in range(self.MAX_PROBES):
+            skip = self._skip(plen, slot)
+            if not skip:
                 used.add(slot)
                 return ipaddress.ip_network((self.base + (slot << (self.bits - plen)), plen))
-            slot = (slot + 1) % nslots
+            covered += skip
+            if covered >= nslots:
+                break
+            slot = (slot + skip) % nslots
         raise TopologyError(
             f"the {self.role} pool {self.net} is exhausted (no free /{plen} left)",
             where=where, hint=f"enlarge pools.{self.role} or give some links static prefixes",

@@ -43,7 +43,41 @@ def check_mac(mac: str) -> str:
         raise ValueError(f"{mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
     if int(mac[:2], 16) & 1:
         raise ValueError(f"{mac!r} is a multicast MAC address; a NIC needs a unicast one")
+    if mac == "00:00:00:00:00:00":
+        # the kernel treats an all-zero address as "none" and replaces it
+        raise ValueError(f"{mac!r} is the all-zero MAC address; a NIC needs a real one")
     return mac
+
+
+def check_prefix(v: str, version: int) -> str:
+    """A network address/length of one family. The family is checked here,
+    not later, so a v6 prefix under ``prefix4`` is an error at that field
+    instead of a crash where an IPv4Network is built from it."""
+    net = ipaddress.ip_network(v, strict=True)
+    if net.version != version:
+        other = 6 if version == 4 else 4
+        raise ValueError(f"{v!r} is an IPv{other} prefix, not an IPv{version} one")
+    return str(net)
+
+
+def check_interface(v: str, version: int) -> str:
+    """An address/length of one family (``ipv4``/``ipv6`` of an endpoint)."""
+    if "/" not in v:
+        raise ValueError(f"{v!r} needs a prefix length (address/len)")
+    iface = ipaddress.ip_interface(v)
+    if iface.version != version:
+        other = 6 if version == 4 else 4
+        raise ValueError(f"{v!r} is an IPv{other} address, not an IPv{version} one")
+    return str(iface)
+
+
+class ListFormError(ValueError):
+    """A bad entry of the list form of nodes or segments; ``where`` points at
+    the entry, since pydantic reports a before-validator's errors at the top."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(what)
+        self.where = where
 
 
 class _Strict(BaseModel):
@@ -66,18 +100,12 @@ class Pools(_Strict):
     @field_validator("p2p4", "lan4", "loopback4", "mgmt4")
     @classmethod
     def _v4(cls, v: str) -> str:
-        net = ipaddress.ip_network(v, strict=True)
-        if net.version != 4:
-            raise ValueError(f"{v!r} is not an IPv4 prefix")
-        return str(net)
+        return check_prefix(v, 4)
 
     @field_validator("p2p6", "lan6", "loopback6", "mgmt6")
     @classmethod
     def _v6(cls, v: str) -> str:
-        net = ipaddress.ip_network(v, strict=True)
-        if net.version != 6:
-            raise ValueError(f"{v!r} is not an IPv6 prefix")
-        return str(net)
+        return check_prefix(v, 6)
 
 
 class Node(_Strict):
@@ -94,10 +122,15 @@ class Segment(_Strict):
     prefix_len6: int | None = Field(default=None, ge=48, le=126)
     mtu: int | None = Field(default=None, ge=68, le=65535)
 
-    @field_validator("prefix4", "prefix6")
+    @field_validator("prefix4")
     @classmethod
-    def _prefix(cls, v: str | None) -> str | None:
-        return None if v is None else str(ipaddress.ip_network(v, strict=True))
+    def _prefix4(cls, v: str | None) -> str | None:
+        return None if v is None else check_prefix(v, 4)
+
+    @field_validator("prefix6")
+    @classmethod
+    def _prefix6(cls, v: str | None) -> str | None:
+        return None if v is None else check_prefix(v, 6)
 
 
 class Endpoint(_Strict):
@@ -117,14 +150,15 @@ class Endpoint(_Strict):
     def _mac(cls, v: str | None) -> str | None:
         return None if v is None else check_mac(v)
 
-    @field_validator("ipv4", "ipv6")
+    @field_validator("ipv4")
     @classmethod
-    def _iface(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        if "/" not in v:
-            raise ValueError(f"{v!r} needs a prefix length (address/len)")
-        return str(ipaddress.ip_interface(v))
+    def _ipv4(cls, v: str | None) -> str | None:
+        return None if v is None else check_interface(v, 4)
+
+    @field_validator("ipv6")
+    @classmethod
+    def _ipv6(cls, v: str | None) -> str | None:
+        return None if v is None else check_interface(v, 6)
 
 
 class Link(_Strict):
@@ -151,10 +185,15 @@ class Link(_Strict):
             ]
         return data
 
-    @field_validator("prefix4", "prefix6")
+    @field_validator("prefix4")
     @classmethod
-    def _prefix(cls, v: str | None) -> str | None:
-        return None if v is None else str(ipaddress.ip_network(v, strict=True))
+    def _prefix4(cls, v: str | None) -> str | None:
+        return None if v is None else check_prefix(v, 4)
+
+    @field_validator("prefix6")
+    @classmethod
+    def _prefix6(cls, v: str | None) -> str | None:
+        return None if v is None else check_prefix(v, 6)
 
     @field_validator("name")
     @classmethod
@@ -211,19 +250,34 @@ class Topology(_Strict):
             for key in ("nodes", "segments"):
                 val = data.get(key)
                 if isinstance(val, list):
-                    out: dict[str, Any] = {}
-                    for item in val:
-                        if isinstance(item, str):
-                            out[item] = {}
-                        elif isinstance(item, dict) and "name" in item:
-                            rest = dict(item)
-                            out[str(rest.pop("name"))] = rest
-                        else:
-                            raise ValueError(f"{key} entries must be names or have a 'name'")
-                    data[key] = out
+                    data[key] = _from_list(key, val)
                 elif isinstance(val, dict):
                     data[key] = {k: ({} if v is None else v) for k, v in val.items()}
         return data
+
+
+def _from_list(key: str, items: list[Any]) -> dict[Any, Any]:
+    """The list form of nodes or segments as a mapping. A name given twice
+    is an error: in mapping form YAML refuses the duplicate key, and merging
+    two list entries silently would drop one's options."""
+    out: dict[Any, Any] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            name: Any = item
+            rest: Any = {}
+        elif isinstance(item, dict) and "name" in item:
+            rest = dict(item)
+            name = rest.pop("name")
+            if not isinstance(name, str):
+                raise ListFormError(f"the name must be a string, not {type(name).__name__}",
+                                    f"{key}[{i}].name")
+        else:
+            raise ListFormError(f"{key} entries must be names or mappings with a 'name'",
+                                f"{key}[{i}]")
+        if name in out:
+            raise ListFormError(f"{name!r} is listed twice", f"{key}[{i}]")
+        out[name] = rest
+    return out
 
 
 def json_schema() -> dict[str, Any]:

@@ -178,7 +178,7 @@ def _assign(layout: Layout) -> dict[str, dict[str, list[IPIf]]]:
         for p in (net.prefix4, net.prefix6):
             if p is not None:
                 for pool in (*pool4.values(), *pool6.values()):
-                    pool.block(p)
+                    pool.block(p, net.where)
     out: dict[str, dict[str, list[IPIf]]] = {}
     # segments first, then links, each in declaration order (dict order)
     ordered = [n for n in layout.nets.values() if n.kind != "p2p"] + [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +20,7 @@ IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPIf = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 NetKind = Literal["p2p", "lan", "mgmt"]
 MGMT = "mgmt"
+MGMT_IF = "mgmt0"  # the management interface of every node
 
 
 @dataclass
@@ -61,11 +63,40 @@ def _err(where: str, what: str, hint: str) -> TopologyError:
     return TopologyError(what, where=where, hint=hint)
 
 
-def _link_key(a: str, b: str, seen: dict[str, int]) -> str:
+def _link_key(a: str, b: str, seen: dict[str, int], taken: Callable[[str], bool]) -> str:
+    """``a-b``, then ``a-b-2``, ... skipping every id already taken: links
+    named explicitly (anywhere in the file, so a name given later still
+    wins), segments, and other automatic names (``a`` + ``b-c`` and ``a-b`` +
+    ``c`` both make ``a-b-c``)."""
     base = "-".join(sorted((a, b)))
-    n = seen.get(base, 0) + 1
-    seen[base] = n
-    return base if n == 1 else f"{base}-{n}"
+    while True:
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        key = base if n == 1 else f"{base}-{n}"
+        if not taken(key):
+            return key
+
+
+def _net4(value: str | None, where: str) -> ipaddress.IPv4Network | None:
+    """The model checks families, but a Topology may be changed after it was
+    validated; a wrong family must still be a TopologyError, not a crash."""
+    if value is None:
+        return None
+    try:
+        return ipaddress.IPv4Network(value)
+    except ValueError:
+        raise _err(f"{where}.prefix4", f"{value!r} is not an IPv4 prefix",
+                   "write an IPv4 network/length here, IPv6 under prefix6") from None
+
+
+def _net6(value: str | None, where: str) -> ipaddress.IPv6Network | None:
+    if value is None:
+        return None
+    try:
+        return ipaddress.IPv6Network(value)
+    except ValueError:
+        raise _err(f"{where}.prefix6", f"{value!r} is not an IPv6 prefix",
+                   "write an IPv6 network/length here, IPv4 under prefix4") from None
 
 
 def resolve(topo: Topology) -> Layout:
@@ -89,9 +120,19 @@ def resolve(topo: Topology) -> Layout:
         raise _err(f"segments.{MGMT}", "'mgmt' is reserved for the management network",
                    "rename the segment or set management: false")
     for name, node in topo.nodes.items():
-        if node.gateway is not None and node.gateway not in topo.nodes:
+        if node.gateway is None:
+            continue
+        if node.gateway not in topo.nodes:
             raise _err(f"nodes.{name}.gateway", f"unknown node {node.gateway!r}",
                        "name a router that shares a link or segment with this node")
+        # a setting that is silently ignored is a wrong network nobody notices
+        if node.kind == "router":
+            raise _err(f"nodes.{name}.gateway", "a router takes no gateway (its routes are "
+                       "computed from the topology)",
+                       "remove it, or add a default route under 'routes'")
+        if topo.routing == "none":
+            raise _err(f"nodes.{name}.gateway", "gateway has no effect with routing: none",
+                       "remove it, or set routing: static")
     _check_pools(topo)
 
     nets: dict[str, Net] = {}
@@ -99,14 +140,16 @@ def resolve(topo: Topology) -> Layout:
     for sname, seg in topo.segments.items():
         nets[sname] = Net(
             id=sname, kind="lan", where=f"segments.{sname}",
-            prefix4=ipaddress.IPv4Network(seg.prefix4) if seg.prefix4 else None,
-            prefix6=ipaddress.IPv6Network(seg.prefix6) if seg.prefix6 else None,
+            prefix4=_net4(seg.prefix4, f"segments.{sname}"),
+            prefix6=_net6(seg.prefix6, f"segments.{sname}"),
             plen4=seg.prefix_len4 or topo.lan_prefix_len4,
             plen6=seg.prefix_len6 or topo.lan_prefix_len6,
             mtu=seg.mtu or topo.mtu, segment=sname,
         )
-        _family_check(nets[sname], f"segments.{sname}")
     seen_pairs: dict[str, int] = {}
+    explicit = {link.name for link in topo.links if link.name}
+    if topo.management:
+        explicit.add(MGMT)  # the management network's id; a link may not take it
     seg_nodes: dict[str, set[str]] = {}
     seen_names: dict[str, str] = {}
     for i, link in enumerate(topo.links):
@@ -146,20 +189,27 @@ def resolve(topo: Topology) -> Layout:
             seg_nodes[seg_name].add(ep.node)
             by_node[ep.node].append(att)
             continue
-        key = link.name or _link_key(a.node, b.node, seen_pairs)
-        if key in nets or key in seen_names:
-            raise _err(f"{where}.name", f"link name {key!r} is already used",
-                       "give each link a unique name")
+        if link.name:
+            key = link.name
+            if key == MGMT and topo.management:
+                raise _err(f"{where}.name", f"{MGMT!r} is the management network's name",
+                           "rename the link or set management: false")
+            if key in nets or key in seen_names:
+                other = seen_names.get(key, f"segments.{key}")
+                raise _err(f"{where}.name", f"link name {key!r} is already used by {other}",
+                           "give each link a unique name")
+        else:
+            key = _link_key(a.node, b.node, seen_pairs,
+                            lambda k: k in explicit or k in nets or k in seen_names)
         seen_names[key] = where
         net = Net(
             id=key, kind="p2p", where=where,
-            prefix4=ipaddress.IPv4Network(link.prefix4) if link.prefix4 else None,
-            prefix6=ipaddress.IPv6Network(link.prefix6) if link.prefix6 else None,
+            prefix4=_net4(link.prefix4, where),
+            prefix6=_net6(link.prefix6, where),
             plen4=link.prefix_len4 or topo.p2p_prefix_len4,
             plen6=link.prefix_len6 or topo.p2p_prefix_len6,
             mtu=link.mtu or topo.mtu,
         )
-        _family_check(net, where)
         for j, ep in enumerate(ends):
             att = _attach(ep, key, f"{where}.endpoints[{j}]")
             net.members.append(att)
@@ -174,30 +224,29 @@ def resolve(topo: Topology) -> Layout:
         )
         mnet.plen4, mnet.plen6 = mnet.prefix4.prefixlen, mnet.prefix6.prefixlen  # type: ignore[union-attr]
         for n in topo.nodes:
-            att = Attach(node=n, net=MGMT, where=f"nodes.{n}", ifname="mgmt0")
+            att = Attach(node=n, net=MGMT, where=f"nodes.{n}", ifname=MGMT_IF)
             mnet.members.append(att)
+            by_node[n].append(att)  # last, so it never shifts the ethN numbering
         nets[MGMT] = mnet
     _name_interfaces(by_node)
-    if topo.management:
-        for att in nets[MGMT].members:
-            by_node[att.node].append(att)
     _check_static(topo, nets)
     return Layout(topo=topo, nets=nets, by_node=by_node)
 
 
 def _attach(ep: Endpoint, net: str, where: str) -> Attach:
-    return Attach(
-        node=ep.node, net=net, where=where, ifname=ep.ifname or "", mac=ep.mac,
-        ipv4=ipaddress.IPv4Interface(ep.ipv4) if ep.ipv4 else None,
-        ipv6=ipaddress.IPv6Interface(ep.ipv6) if ep.ipv6 else None,
-    )
-
-
-def _family_check(net: Net, where: str) -> None:
-    if net.prefix4 is not None and net.prefix4.version != 4:
-        raise _err(f"{where}.prefix4", f"{net.prefix4} is not an IPv4 prefix", "use prefix6")
-    if net.prefix6 is not None and net.prefix6.version != 6:
-        raise _err(f"{where}.prefix6", f"{net.prefix6} is not an IPv6 prefix", "use prefix4")
+    ipv4 = ipv6 = None
+    try:
+        ipv4 = ipaddress.IPv4Interface(ep.ipv4) if ep.ipv4 else None
+    except ValueError:
+        raise _err(f"{where}.ipv4", f"{ep.ipv4!r} is not an IPv4 address/length",
+                   "write an IPv4 address here, IPv6 under ipv6") from None
+    try:
+        ipv6 = ipaddress.IPv6Interface(ep.ipv6) if ep.ipv6 else None
+    except ValueError:
+        raise _err(f"{where}.ipv6", f"{ep.ipv6!r} is not an IPv6 address/length",
+                   "write an IPv6 address here, IPv4 under ipv4") from None
+    return Attach(node=ep.node, net=net, where=where, ifname=ep.ifname or "", mac=ep.mac,
+                  ipv4=ipv4, ipv6=ipv6)
 
 
 def _name_interfaces(by_node: dict[str, list[Attach]]) -> None:
@@ -214,6 +263,10 @@ def _name_interfaces(by_node: dict[str, list[Attach]]) -> None:
                 att.ifname = f"eth{k}"
                 k += 1
             if att.ifname in names or att.ifname == "lo":
+                if att.net == MGMT:  # report it at the user's interface, not at mgmt0
+                    raise _err(names[att.ifname], f"interface name {att.ifname!r} is the "
+                               f"management interface of {node!r}",
+                               "rename the interface or set management: false")
                 raise _err(att.where, f"interface name {att.ifname!r} is used twice on {node!r}",
                            f"the other one is at {names.get(att.ifname, 'the loopback')}")
             names[att.ifname] = att.where
@@ -273,6 +326,7 @@ def _check_static(topo: Topology, nets: dict[str, Net]) -> None:
                     raise _err(f"{m.where}.mac", f"MAC address {m.mac} is used twice",
                                f"also at {seen_mac[m.mac]}")
                 seen_mac[m.mac] = m.where
+    _check_reserved_pools(topo, nets)
     for fam in (4, 6):
         statics = sorted(
             ((p, n.where) for n in nets.values() if n.kind != "mgmt"
@@ -283,3 +337,28 @@ def _check_static(topo: Topology, nets: dict[str, Net]) -> None:
             if pa.overlaps(pb):  # type: ignore[arg-type]
                 raise _err(wb, f"prefix {pb} overlaps {pa} of {wa}",
                            "give every link and segment its own prefix")
+
+
+def _check_reserved_pools(topo: Topology, nets: dict[str, Net]) -> None:
+    """Loopbacks and the management LAN take addresses from their pools
+    without looking at static prefixes; a static prefix inside one of them
+    would give two interfaces one address."""
+    reserved: list[tuple[str, IPNet]] = []
+    if any(n.loopback if n.loopback is not None else n.kind == "router"
+           for n in topo.nodes.values()):
+        reserved += [("loopback4", ipaddress.IPv4Network(topo.pools.loopback4)),
+                     ("loopback6", ipaddress.IPv6Network(topo.pools.loopback6))]
+    if topo.management:
+        reserved += [("mgmt4", ipaddress.IPv4Network(topo.pools.mgmt4)),
+                     ("mgmt6", ipaddress.IPv6Network(topo.pools.mgmt6))]
+    enabled = {4: topo.ipv4, 6: topo.ipv6}
+    for net in nets.values():
+        if net.kind == "mgmt":
+            continue
+        for pfx in (net.prefix4, net.prefix6):
+            if pfx is None or not enabled[pfx.version]:
+                continue
+            for role, pool in reserved:
+                if pool.version == pfx.version and pool.overlaps(pfx):  # type: ignore[arg-type]
+                    raise _err(net.where, f"prefix {pfx} overlaps pools.{role} ({pool})",
+                               f"use another prefix, or move pools.{role}")
