@@ -9,7 +9,7 @@ import typer
 
 from nixslave.backends.disk import DiskOptions
 from nixslave.build import build_image
-from nixslave.cli._common import emit_json, progress_printer, spec_data
+from nixslave.cli._common import emit_json, err_console, progress_printer, spec_data
 from nixslave.cli.root import CONFIG, DEMO, FLAKE, JSON, NIXPKGS, TOPLEVEL, WITH_NIX
 from nixslave.errors import BuildError
 from nixslave.spec import MachineSpec, valid_size
@@ -93,24 +93,56 @@ def build(
     if json_out:
         emit_json(artifact.to_json())
     else:
-        print(artifact.image)
+        print(artifact.extra.get("published_as", artifact.image))
 
 
 @app.command("inspect")
-def inspect(image: Path = typer.Argument(..., help="Image to inspect."),
+def inspect(images: list[Path] = typer.Argument(..., help="Images to inspect."),
             store_image: Path = typer.Option(None, "--store-image",
-                                             help="The store disk of a store-disk image."),
+                                             help="The store disk of a store-disk image "
+                                                  "(default: the one its build made)."),
             json_out: bool = JSON) -> None:
-    """Recognise a NixOS or nixslave image offline (libguestfs) and report on it."""
+    """Recognise NixOS or nixslave images offline (libguestfs) and report on them.
+
+    Each image is inspected on its own: one that cannot be read fails only
+    its own entry.  Exit 0 when every image is NixOS, 1 when one is not, 2
+    when one could not be inspected.
+    """
+    from nixslave.cli import format_error
+    from nixslave.errors import NixslaveError
     from nixslave.image.inspect import inspect_image
 
-    report = inspect_image(image, store_image=store_image).to_json()
+    if store_image is not None and len(images) > 1:
+        raise typer.BadParameter("--store-image applies to a single image")
+    reports: list[dict[str, object]] = []
+    for image in images:
+        try:
+            reports.append(inspect_image(image, store_image=store_image).to_json())
+        except NixslaveError as exc:
+            reports.append({"path": str(image), "error": format_error(exc)})
     if json_out:
-        emit_json(report)
+        emit_json(reports[0] if len(reports) == 1 else reports)
     else:
-        for key, value in report.items():
-            if isinstance(value, list) and len(value) > 8:
-                value = f"[{len(value)} entries]"
-            print(f"{key:>22}: {value}")
-    if not report.get("is_nixos"):
+        for report in reports:
+            if len(reports) > 1:
+                print(f"== {safe_text(str(report['path']))}")
+            if "error" in report:
+                err_console.print(safe_text(str(report["error"])), highlight=False, markup=False)
+                continue
+            for key, value in report.items():
+                if isinstance(value, list) and len(value) > 8:
+                    value = f"[{len(value)} entries]"
+                print(f"{key:>22}: {safe_text(str(value))}")
+    if any("error" in r for r in reports):
+        raise typer.Exit(2)
+    if not all(r.get("is_nixos") for r in reports):
         raise typer.Exit(1)
+
+
+def safe_text(text: str) -> str:
+    """Control characters from an image (a crafted manifest) shown, never obeyed.
+
+    A terminal would act on escape sequences in a name or a path; ``--json``
+    escapes them already.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

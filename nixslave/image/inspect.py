@@ -134,7 +134,16 @@ def validate_manifest(data: Any) -> str | None:
         return "the manifest's closure is not a list"
     for entry in data["closure"]:
         if not isinstance(entry, dict) or not _is_store_path(entry.get("path")):
-            return f"bad closure entry {entry!r}"
+            return f"bad closure entry {str(entry)[:200]!r}"
+        size = entry.get("narSize", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return f"closure entry {entry['path']!r} has a bad narSize"
+    size = data.get("narSize", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "the manifest's narSize is not a byte count"
+    for key in ("name", "layout", "store", "boot", "nixslave"):
+        if key in data and not isinstance(data[key], str):
+            return f"the manifest's {key!r} is not a string"
     return None
 
 
@@ -153,11 +162,25 @@ def _store_entries(g: Any, mp: str, *, fs_root: bool) -> list[str]:
     return sorted(n for n in names if not (fs_root and n == "lost+found"))
 
 
+def _built_store_image(path: Path) -> Path | None:
+    """The store disk the image's own build made, from its (validated) sidecar."""
+    from nixslave.backends import Artifact
+    from nixslave.errors import NixslaveError
+
+    try:
+        a = Artifact.load(path)
+    except NixslaveError:
+        return None  # not built by nixslave, or no sidecar: inspect the image alone
+    return a.store_image if a.store_image is not None and a.store_image.exists() else None
+
+
 def inspect_image(path: Path, *, store_image: Path | None = None) -> ImageReport:
     """Inspect ``path`` (and the store image of a store-disk layout) in one launch."""
     path = Path(path)
     info = probe_image(path)
     drives = [(path, str(info["format"]))]
+    if store_image is None:
+        store_image = _built_store_image(path)
     if store_image is not None:
         store_image = Path(store_image)
         drives.append((store_image, str(probe_image(store_image)["format"])))
@@ -255,8 +278,8 @@ def _apply_manifest(g: Any, report: ImageReport, manifest: dict[str, Any] | None
     report.boot = _str(manifest.get("boot"))
     report.closure_count = len(manifest["closure"])
     size = manifest.get("narSize")
-    if not isinstance(size, int):
-        size = sum(int(e.get("narSize") or 0) for e in manifest["closure"])
+    if not size:  # validated: an int when present
+        size = sum(e.get("narSize", 0) for e in manifest["closure"])
     report.closure_nar_size = size
     if report.system_link != report.toplevel:
         report.warnings.append(f"the system link points to {report.system_link}, "
