@@ -35,13 +35,13 @@ class Artifact:
     """The files of one materialized machine and how the host boots them."""
 
     name: str
-    kind: str                    # "disk"
-    format: str                  # raw | qcow2
+    kind: str                    # disk | vbox | nspawn | tar | oci | libvirt
+    format: str                  # raw | qcow2 | vdi | vmdk | ova | nspawn | tar | oci | libvirt
     image: Path
     toplevel: str
     layout: str
     store: str                   # disk | store-disk | 9p | virtiofs
-    boot: str                    # direct | bios
+    boot: str                    # direct | bios | uefi
     cmdline: str = ""            # direct boot: the kernel command line
     store_image: Path | None = None
     share_dir: Path | None = None
@@ -121,12 +121,12 @@ class _Sidecar(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
-    kind: Literal["disk"]
-    format: Literal["raw", "qcow2"]
+    kind: Literal["disk", "vbox", "nspawn", "tar", "oci", "libvirt"]
+    format: Literal["raw", "qcow2", "vdi", "vmdk", "ova", "nspawn", "tar", "oci", "libvirt"]
     image: str
     toplevel: str = Field(pattern=r"^/nix/store/[0-9a-z]{32}-[^/]+$")
     layout: Literal["disk", "store-disk", "shared"]
-    store: Literal["disk", "store-disk", "9p", "virtiofs"]
+    store: Literal["disk", "store-disk", "9p", "virtiofs", "container"]
     boot: Literal["direct", "bios", "uefi"]
     cmdline: str = Field("", max_length=4096)
     store_image: str | None = None
