@@ -19,8 +19,13 @@ import pytest
 # directory instead of /nix/var/nix/gcroots/nixslave and /nix/var/nixslave,
 # here and in every CLI subprocess.  nixslave reads these variables when it is
 # imported, so they are set before the first import (checked in host_state).
+# The roots stay real roots, which Nix honours only under /nix/var/nix/gcroots:
+# a session directory there when it is writable, else a temporary one.
 _STATE = Path(tempfile.mkdtemp(prefix="nixslave-test-state-"))
-os.environ["NIXSLAVE_GCROOTS_DIR"] = str(_STATE / "gcroots")
+_GCROOTS = Path("/nix/var/nix/gcroots")
+_ROOTS = (Path(tempfile.mkdtemp(prefix="nixslave-test-", dir=_GCROOTS))
+          if os.access(_GCROOTS, os.W_OK) else _STATE / "gcroots")
+os.environ["NIXSLAVE_GCROOTS_DIR"] = str(_ROOTS)
 os.environ["NIXSLAVE_STATE_DIR"] = str(_STATE / "state")
 
 from nixslave import gcroots, nix  # noqa: E402
@@ -91,7 +96,7 @@ class HostState:
 @pytest.fixture(scope="session", autouse=True)
 def host_state() -> Iterator[HostState]:
     """Keep the session's GC roots and records off the host, and remove them after."""
-    state = HostState(gcroots=_STATE / "gcroots", records=_STATE / "state" / "images")
+    state = HostState(gcroots=_ROOTS, records=_STATE / "state" / "images")
     if (state.gcroots, state.records) != (nix.GCROOTS_DIR, gcroots.RECORDS_DIR):
         _remove_state()
         pytest.exit("nixslave was imported before tests/conftest.py set NIXSLAVE_GCROOTS_DIR "
@@ -103,3 +108,4 @@ def host_state() -> Iterator[HostState]:
 
 def _remove_state() -> None:
     shutil.rmtree(_STATE, ignore_errors=True)
+    shutil.rmtree(_ROOTS, ignore_errors=True)

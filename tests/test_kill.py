@@ -175,8 +175,7 @@ def test_artifacts_killed_at_publishing_boot(tmp_path: Path) -> None:
     from nixslave.launch import run_artifacts
 
     arts = []
-    for layout in LAYOUTS:
-        name = f"k{layout[0]}"
+    for layout, name in zip(LAYOUTS, ("kd", "kst", "ksh"), strict=True):
         out = tmp_path / f"{name}.qcow2"
         args = ["image", "build", "--demo", "--name", name, "--layout", layout, "--checksum",
                 "-o", str(out)]
