@@ -7,18 +7,76 @@ expects when it later runs the artifact.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nixslave import root as rootmod
 from nixslave.backends import Artifact
-from nixslave.backends.disk import DiskBackend, DiskOptions
+from nixslave.backends.disk import DiskOptions
 from nixslave.errors import BuildError
 from nixslave.spec import MachineSpec
 from nixslave.topology import load_plan, node_network
 
-BACKENDS = {"disk": DiskBackend}
+
+@dataclass(frozen=True)
+class FormatRule:
+    """What one output format is made by and which boot modes and layouts it takes."""
+
+    module: str                    # nixslave.backends.<module>
+    cls: str                       # its backend class
+    boots: tuple[str, ...]         # the first one is the default
+    layouts: tuple[str, ...]
+    container: bool = False        # no kernel of its own: --boot does not apply
+
+
+# One declarative table: the CLI, the API and the docs' matrix read it.
+FORMATS: dict[str, FormatRule] = {
+    "qcow2": FormatRule("disk", "DiskBackend", ("direct", "bios", "uefi"),
+                        ("disk", "store-disk", "shared")),
+    "raw": FormatRule("disk", "DiskBackend", ("direct", "bios", "uefi"),
+                      ("disk", "store-disk", "shared")),
+    "vdi": FormatRule("vbox", "VboxBackend", ("bios", "uefi"), ("disk",)),
+    "vmdk": FormatRule("vbox", "VboxBackend", ("bios", "uefi"), ("disk",)),
+    "ova": FormatRule("vbox", "VboxBackend", ("bios", "uefi"), ("disk",)),
+    "libvirt": FormatRule("libvirt", "LibvirtBackend", ("direct", "bios", "uefi"),
+                          ("disk", "store-disk", "shared")),
+    "nspawn": FormatRule("nspawn", "NspawnBackend", ("direct",), ("disk",), container=True),
+    "tar": FormatRule("tar", "TarBackend", ("direct",), ("disk",), container=True),
+    "oci": FormatRule("oci", "OciBackend", ("direct",), ("disk",), container=True),
+}
+
+
+def check_format(fmt: str, boot: str | None, layout: str) -> str:
+    """The boot mode for ``fmt`` (its default when None), or a BuildError.
+
+    Refused up front, before anything is built: a direct-boot OVA, a
+    container with --boot, a VirtualBox disk with a host-shared store.
+    """
+    rule = FORMATS.get(fmt)
+    if rule is None:
+        raise BuildError(f"unknown format {fmt!r}", where="--format",
+                         hint=f"use one of {', '.join(FORMATS)}")
+    if rule.container and boot is not None:
+        raise BuildError(f"a {fmt} container has no boot mode: the host runs its init",
+                         where="--boot", hint="drop --boot")
+    boot = boot or rule.boots[0]
+    if boot not in rule.boots:
+        raise BuildError(f"{fmt} cannot use {boot} boot", where="--boot",
+                         hint=f"use one of {', '.join(rule.boots)}")
+    if layout not in rule.layouts:
+        raise BuildError(f"{fmt} cannot use the {layout} layout", where="--layout",
+                         hint=f"use {' or '.join(rule.layouts)}")
+    return boot
+
+
+def backend_for(fmt: str) -> Any:
+    """The backend class of ``fmt``, imported on first use."""
+    rule = FORMATS[fmt]
+    return getattr(importlib.import_module(f"nixslave.backends.{rule.module}"), rule.cls)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -66,5 +124,6 @@ def build_image(
         network = node_network(plan, node)
         extra = {"topology": str(Path(topology).resolve()), "node": node,
                  "peers": list(network.peers)}
+    fmt = options.format if options else "qcow2"
     root = rootmod.build(spec, network=network, progress=progress)
-    return BACKENDS["disk"]().materialize(root, out, options, progress=progress, extra=extra)
+    return backend_for(fmt)().materialize(root, out, options, progress=progress, extra=extra)

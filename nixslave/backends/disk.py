@@ -43,7 +43,7 @@ Progress = Callable[[str], None]
 class DiskOptions:
     """qcow2 knobs; ignored for raw output."""
 
-    format: Literal["raw", "qcow2"] = "qcow2"
+    format: str = "qcow2"  # raw | qcow2 here; other backends read their own (build.FORMATS)
     cluster_size: int | None = None
     preallocation: Literal["off", "metadata"] = "off"
     compression: Literal["zlib", "zstd"] | None = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from nixslave.backends.disk import DiskOptions
-from nixslave.build import build_image
+from nixslave.build import build_image, check_format
 from nixslave.cli._common import emit_json, err_console, progress_printer, spec_data
 from nixslave.cli.root import CONFIG, DEMO, FLAKE, JSON, NIXPKGS, TOPLEVEL, WITH_NIX
 from nixslave.errors import BuildError
@@ -20,6 +20,13 @@ app = typer.Typer(no_args_is_help=True)
 class Format(str, Enum):  # noqa: UP042 - typer needs a str Enum
     qcow2 = "qcow2"
     raw = "raw"
+    vdi = "vdi"
+    vmdk = "vmdk"
+    ova = "ova"
+    libvirt = "libvirt"
+    nspawn = "nspawn"
+    tar = "tar"
+    oci = "oci"
 
 
 class Layout(str, Enum):  # noqa: UP042
@@ -31,6 +38,7 @@ class Layout(str, Enum):  # noqa: UP042
 class Boot(str, Enum):  # noqa: UP042
     direct = "direct"
     bios = "bios"
+    uefi = "uefi"
 
 
 class ShareKind(str, Enum):  # noqa: UP042
@@ -52,7 +60,8 @@ def build(
     toplevel: str = TOPLEVEL, flake: str = FLAKE, with_nix: bool = WITH_NIX,
     fmt: Format = typer.Option(Format.qcow2, "--format", help="Image format."),
     layout: Layout = typer.Option(Layout.disk, "--layout", help="Where the store lives."),
-    boot: Boot = typer.Option(Boot.direct, "--boot", help="Who loads the kernel."),
+    boot: Boot = typer.Option(None, "--boot", help="Who loads the kernel (default: direct "
+                              "for disks and libvirt, bios for VirtualBox)."),
     share: ShareKind = typer.Option(ShareKind.ninep, "--share", help="Shared store transport."),
     size: str = typer.Option(None, "--size", help="Disk size (e.g. 2G); automatic if unset."),
     memory: int = typer.Option(512, "--memory", help="Guest memory in MiB."),
@@ -68,7 +77,7 @@ def build(
     checksum: bool = typer.Option(False, "--checksum", help="Record the image's sha256."),
     json_out: bool = JSON,
 ) -> None:
-    """Materialize a machine into a raw or qcow2 disk, without a VM."""
+    """Materialize a machine as a disk, VirtualBox, container or libvirt artifact, no VM."""
     if node is not None and topology is None:
         raise typer.BadParameter("--node needs --topology")
     if not out or out.endswith("/"):
@@ -77,9 +86,10 @@ def build(
                          hint="give a file name such as machine.qcow2")
     if preallocation not in ("off", "metadata"):
         raise typer.BadParameter("--preallocation must be off or metadata")
+    boot_mode = check_format(fmt.value, boot.value if boot else None, layout.value)
     spec = MachineSpec.parse(spec_data(
         name=name if name is not None else (node or "demo"), demo=demo, config=config,
-        nixpkgs=nixpkgs, toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot.value,
+        nixpkgs=nixpkgs, toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot_mode,
         layout=layout.value, share=share.value, size=size, memory=memory, cpus=cpus,
         halt=(topology is None) if halt is None else halt))
     options = DiskOptions(
