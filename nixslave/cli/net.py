@@ -111,9 +111,25 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(out: Path, produce: Callable[[Path], None]) -> None:
+def write_atomically(out: Path, produce: Callable[[Path], object]) -> None:
     """Let ``produce`` write a temporary file beside ``out``, then rename it
-    over ``out``; the temporary file is removed on any failure."""
+    over ``out``; the temporary file is removed on any failure. A symlink is
+    followed (the rename would replace the link itself), and an existing
+    file keeps its permissions. A device or FIFO (``-o /dev/stdout``) is
+    written into directly: renaming over it would replace the device."""
+    if out.exists() and not out.is_file() and not out.is_dir():
+        try:
+            produce(out)
+        except OSError as exc:
+            raise _output_error(out, f"cannot write to it: {exc.strerror or exc}",
+                                "check the path") from None
+        return
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    try:
+        mode = out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask()
+    except OSError:
+        mode = 0o666 & ~_umask()
     try:
         fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     except OSError as exc:
@@ -123,7 +139,7 @@ def write_atomically(out: Path, produce: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         produce(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
+        os.chmod(tmp, mode)  # not mkstemp's 0600
         os.replace(tmp, out)
     except OSError as exc:
         raise _output_error(out, f"cannot write the file: {exc.strerror or exc}",

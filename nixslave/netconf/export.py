@@ -67,11 +67,15 @@ def render_picture(plan: Plan, out: Path, fmt: str) -> None:
     """SVG or PNG through Graphviz ``dot``; matplotlib when dot is missing."""
     dot = shutil.which("dot")
     if dot:
-        r = subprocess.run([dot, f"-T{fmt}", "-o", str(out)], input=to_dot(plan),
-                           text=True, capture_output=True)
+        # the picture comes back on dot's stdout and is written here, so that
+        # `out` may be a temporary file, a FIFO or /dev/stdout alike
+        r = subprocess.run([dot, f"-T{fmt}"], input=to_dot(plan).encode(),
+                           capture_output=True)
         if r.returncode != 0:
-            raise NetconfError(f"dot failed: {r.stderr.strip()}", where=str(out),
-                               hint="check that Graphviz works")
+            raise NetconfError(f"dot failed: {r.stderr.decode(errors='replace').strip()}",
+                               where=str(out), hint="check that Graphviz works")
+        with out.open("wb") as f:
+            f.write(r.stdout)
         return
     try:
         import matplotlib

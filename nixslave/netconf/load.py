@@ -272,8 +272,8 @@ def read_data(path: Path) -> Any:
     except (ValueError, TypeError, OverflowError) as exc:
         # a value the parser cannot build: a 5,000-digit integer, the date
         # 2024-13-45, `!!int abc`
-        raise TopologyError(
-            f"a value cannot be read: {exc}", where=str(path),
+        raise TopologyError(  # Python's own advice after ';' does not apply here
+            f"a value cannot be read: {str(exc).split(';')[0]}", where=str(path),
             hint="quote values that are meant as text",
         ) from None
     check_shape(data, str(path))
