@@ -31,7 +31,13 @@ from nixslave.netconf import (
 from nixslave.netconf import plan as make_plan
 from nixslave.netconf.export import render_picture, to_dot, to_mermaid, to_node_link_json
 from nixslave.netconf.importers import import_file
-from nixslave.netconf.renderers import render_hosts, render_networkd, render_nixos, render_sh
+from nixslave.netconf.renderers import (
+    install_dir,
+    render_hosts,
+    render_networkd,
+    render_nixos,
+    render_sh,
+)
 from nixslave.netconf.wiring import (
     libvirt_interfaces,
     nspawn_settings,
@@ -192,7 +198,8 @@ def render(
     node: str = typer.Option(..., "--node", "-n", help="Node to render."),
     fmt: RenderFormat = typer.Option(RenderFormat.nixos, "--format", "-f"),
     out: Path | None = typer.Option(None, "-o", "--output",
-                                    help="File (or directory for networkd)."),
+                                    help="File (for networkd: a directory laid out as the guest's "
+                                         "root)."),
 ) -> None:
     """Render one node's network configuration."""
     if out is not None:
@@ -207,8 +214,12 @@ def render(
             except OSError as exc:
                 raise _output_error(out, f"cannot create the directory: "
                                     f"{exc.strerror or exc}", "check the path") from None
+            # DIR is laid out as the guest's root: units under etc/systemd/network,
+            # the forwarding sysctls under etc/sysctl.d, where each takes effect.
             for name, text in files.items():
-                _write(text, out / name)
+                target = out / install_dir(name).lstrip("/") / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _write(text, target)
             return
         for name, text in files.items():
             typer.echo(f"# ---- {name}")

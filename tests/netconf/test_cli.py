@@ -44,7 +44,12 @@ def test_validate_plan_render_on_every_case(case: Path, capsys: pytest.CaptureFi
         assert rc == 0 and out, err
     rc, _, _ = run(["render", src, "--node", node, "--format", "networkd", "-o",
                     str(tmp_path / "nd")], capsys)
-    assert rc == 0 and any(p.suffix == ".network" for p in (tmp_path / "nd").iterdir())
+    units = tmp_path / "nd" / "etc" / "systemd" / "network"
+    assert rc == 0 and any(p.suffix == ".network" for p in units.iterdir())
+    # a router's forwarding switch goes where sysctl reads it, never beside the units
+    assert not any(p.suffix == ".conf" for p in units.iterdir())
+    if d["nodes"][node].get("forwarding"):
+        assert (tmp_path / "nd" / "etc" / "sysctl.d" / "90-nxs-forwarding.conf").is_file()
 
 
 @pytest.mark.parametrize("fmt", ["dot", "mermaid", "json", "svg", "png"])
