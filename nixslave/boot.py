@@ -2,7 +2,9 @@
 
 Both are generated from the toplevel and the spec with the same labels the
 guest module uses (nixslave.nixos), so the host can never point the guest at
-a root or store it would not find.
+a root or store it would not find.  The one command line serves every boot
+mode: qemu's -append (direct), the extlinux entry (bios) and the .cmdline
+section of the unified kernel image (uefi, see nixslave.backends.uefi).
 """
 
 from __future__ import annotations

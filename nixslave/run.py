@@ -31,6 +31,13 @@ from nixslave.nixos import STORE_TAG
 
 BOOT_MARKER = nixos.BOOT_MARKER  # the same line from the demo init and the NixOS unit
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
+# Debian 12's ovmf: code and variable store come in matched pairs (a 4 MiB
+# code image needs the 4 MiB variable store); the 4 MiB build is preferred.
+# The plain (not .secboot/.ms) code has Secure Boot off, so the unsigned UKI
+# of a uefi disk runs.
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF_PAIRS = (("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"), ("OVMF_CODE.fd", "OVMF_VARS.fd"))
+VARS_COPY = "OVMF_VARS.fd"  # the VM's own variable store, in its run directory
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,17 @@ class VMConfig:
     append: str = ""
     net_args: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
+    firmware: tuple[Path, Path] | None = None  # UEFI: OVMF code and variable template
+
+    def prepare(self, rundir: Path) -> None:
+        """Give the VM its own UEFI variable store (pflash unit 1 is writable).
+
+        Writing to the template (or sharing one copy between guests) would
+        let one guest's boot entries steer another's firmware; an existing
+        copy is kept so that a guest's own entries survive a restart.
+        """
+        if self.firmware is not None and not (rundir / VARS_COPY).exists():
+            shutil.copyfile(self.firmware[1], rundir / VARS_COPY)
 
     def qemu_argv(self, rundir: Path, acc: accel.Accel) -> list[str]:
         argv = [accel.QEMU, *acc.qemu_args, "-name", self.name, "-m", str(self.memory),
@@ -72,6 +90,9 @@ class VMConfig:
                             f"logfile={rundir}/console.log,logappend=off",
                 "-serial", "chardev:con0",
                 "-qmp", f"unix:{rundir}/qmp.sock,server=on,wait=off"]
+        if self.firmware is not None:
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.firmware[0]}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={rundir / VARS_COPY}"]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
@@ -139,6 +160,7 @@ class VM:
         for sock in ("console.sock", "qmp.sock"):
             (self.rundir / sock).unlink(missing_ok=True)
         self._start_virtiofsd()
+        self.config.prepare(self.rundir)
         argv = self.config.qemu_argv(self.rundir, acc)
         (self.rundir / "qemu.argv").write_text(json.dumps(argv, indent=1))
         self._stderr = open(self.rundir / "qemu.stderr", "wb")  # noqa: SIM115
@@ -381,4 +403,16 @@ def vm_config(artifact: Artifact, *, net_args: Sequence[str] = (), snapshot: boo
                            hint="direct boot reads the kernel from the host store; "
                                 "rebuild the image or restore its GC root")
         cfg.kernel, cfg.initrd, cfg.append = top / "kernel", top / "initrd", artifact.cmdline
+    elif artifact.boot == "uefi":
+        # No -kernel: the firmware starts the UKI on the disk's ESP.
+        cfg.firmware = ovmf_firmware()
     return cfg
+
+
+def ovmf_firmware(directory: Path = OVMF_DIR) -> tuple[Path, Path]:
+    """The first installed OVMF code image and its matching variable template."""
+    for code, tmpl in OVMF_PAIRS:
+        if (directory / code).is_file() and (directory / tmpl).is_file():
+            return directory / code, directory / tmpl
+    raise RunError(f"no OVMF firmware in {directory}", where="uefi boot",
+                   hint="apt-get install ovmf")

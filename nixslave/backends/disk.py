@@ -116,6 +116,10 @@ class DiskBackend:
             raise BuildError("the output directory does not exist", where=str(out.parent),
                              hint="create it first")
         self._check_size_early(root)
+        if spec.boot == "uefi":
+            from nixslave.backends import uefi
+
+            uefi.check_tools()
         try:
             bs = BuildSet(out)
             bs.__enter__()
@@ -175,17 +179,30 @@ class DiskBackend:
         spec = root.spec
         extra = [Path(p) for p in root.paths] if with_store else []
         need = tree_usage(tree, *extra).min_fs_size(journal=True)
-        overhead = PART_OFFSET if spec.boot == "bios" else 0
+        overhead = self._overhead(root)
         if spec.size is None:
             return round_up(need + max(64 * MIB, need // 10), MIB)
         fs = spec.size - overhead
         if fs < need:
+            uefi = spec.boot == "uefi"
+            esp = f" ({overhead // MIB} MiB of it ESP and partition tables)" if uefi else ""
             raise BuildError(
-                f"--size {spec.size // MIB} MiB is too small: the root file system needs "
-                f"at least {(need + overhead + MIB - 1) // MIB} MiB",
+                f"--size {spec.size // MIB} MiB is too small: the "
+                f"{'disk' if uefi else 'root file system'} needs "
+                f"at least {(need + overhead + MIB - 1) // MIB} MiB{esp}",
                 where=f"machine {spec.name}.size",
                 hint="leave --size unset for an automatic size")
         return fs
+
+    def _overhead(self, root: Root) -> int:
+        """Bytes of the disk outside the root file system (tables, ESP)."""
+        if root.spec.boot == "bios":
+            return PART_OFFSET
+        if root.spec.boot == "uefi":
+            from nixslave.backends import uefi
+
+            return uefi.overhead(root.toplevel)
+        return 0
 
     def _build(self, root: Root, bs: BuildSet, opts: DiskOptions,
                say: Progress, extra: dict[str, object] | None) -> Artifact:
@@ -197,6 +214,7 @@ class DiskBackend:
             f"{root.nar_size / MIB:.1f} MiB)")
         tree = root.prepare(work / "tree", include_store=False, progress=say)
         loader: dict[str, str] = {}
+        boot_info: dict[str, object] = {}  # uefi: the UKI and the disk's geometry
         if spec.boot == "bios":
             loader = self._write_extlinux_conf(root, tree)
         # measured before the store is filled, so bind stubs and copies agree
@@ -218,6 +236,17 @@ class DiskBackend:
             bootloader.install_extlinux(raw, offset=PART_OFFSET,
                                         dense=(loader["kernel"], loader["initrd"]))
             bootloader.add_journal(raw, offset=PART_OFFSET)
+        elif spec.boot == "uefi":
+            from nixslave.backends import uefi
+
+            geo = uefi.Geometry(esp_size=uefi.esp_size(root.toplevel), fs_size=fs_size)
+            with open(raw, "wb") as f:
+                f.truncate(geo.total)
+            self._mkfs(root, pre, raw, tree, tree / "nix/store", label=ROOT_LABEL,
+                       size=fs_size, fs_uuid=fs_uuid, offset=geo.root_offset)
+            normalize_inode_times(raw, geo.root_offset)
+            say("writing the ESP with a unified kernel image (objcopy, mkfs.vfat, mcopy)")
+            boot_info = uefi.make_disk(raw, root, geo, work)
         else:
             self._mkfs(root, pre, raw, tree, tree / "nix/store", label=ROOT_LABEL,
                        size=fs_size, fs_uuid=fs_uuid)
@@ -234,10 +263,10 @@ class DiskBackend:
             toplevel=root.toplevel, layout=spec.layout, store=kind, boot=spec.boot,
             cmdline=boot.cmdline(root.toplevel, spec), store_image=store_image,
             share_dir=share_dir, memory=spec.memory, cpus=spec.cpus,
-            sha256=sha256_file(out) if opts.checksum else "", virtual_size=fs_size + (
-                PART_OFFSET if spec.boot == "bios" else 0), build=bs.id,
+            sha256=sha256_file(out) if opts.checksum else "",
+            virtual_size=fs_size + self._overhead(root), build=bs.id,
             extra={"closurePaths": len(root.paths), "narSize": root.nar_size,
-                   "demo": spec.demo, **loader, **(extra or {})},
+                   "demo": spec.demo, **loader, **boot_info, **(extra or {})},
         )
         interrupt.check()
         artifact.save()

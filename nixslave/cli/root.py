@@ -72,7 +72,7 @@ def module(
     name: str = typer.Option(None, "--name", "-n", help="Machine name (default: the node, "
                              "else demo)."),
     layout: str = typer.Option("disk", "--layout", help="disk, store-disk or shared."),
-    boot: str = typer.Option("direct", "--boot", help="direct or bios."),
+    boot: str = typer.Option("direct", "--boot", help="direct, bios or uefi."),
     share: str = typer.Option("9p", "--share", help="Shared store transport: 9p or virtiofs."),
     with_nix: bool = WITH_NIX,
     ssh_key: list[str] = typer.Option(None, "--ssh-key", help="Root's authorized key "
