@@ -17,6 +17,7 @@ from typing import Any
 from nixslave import root as rootmod
 from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskOptions
+from nixslave.backends.publish import current_build
 from nixslave.errors import BuildError
 from nixslave.spec import MachineSpec
 from nixslave.topology import load_plan, node_network
@@ -96,7 +97,9 @@ def check_outputs(out: Path, overlay: Path | None, *, inputs: list[Path]) -> Non
     named = [("-o", out)] + ([("--overlay", overlay)] if overlay is not None else [])
     for flag, path in named:
         text = str(path)
-        if text.endswith("/") or Path(text).is_dir():
+        # A directory artifact (nspawn, OCI) is published as a symlink to its
+        # build: rebuilding it is fine; any other directory is not a target.
+        if text.endswith("/") or (Path(text).is_dir() and current_build(Path(text)) is None):
             raise BuildError(f"{flag} names a directory", where=text,
                              hint="give a file name such as machine.qcow2")
         for inp in inputs:
@@ -126,4 +129,8 @@ def build_image(
                  "peers": list(network.peers)}
     fmt = options.format if options else "qcow2"
     root = rootmod.build(spec, network=network, progress=progress)
-    return backend_for(fmt)().materialize(root, out, options, progress=progress, extra=extra)
+    artifact = backend_for(fmt)().materialize(root, out, options, progress=progress,
+                                              extra=extra)
+    # The name the user asked for; the image path is inside its build directory.
+    artifact.extra.setdefault("published_as", str(Path(out).absolute()))
+    return artifact
