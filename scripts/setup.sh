@@ -12,8 +12,9 @@ nixslave_packages=(
     libguestfs-tools python3-guestfs qemu-utils qemu-system-x86 linux-image-amd64
     nix-bin busybox-static systemd-container extlinux syslinux-common mtools
     dosfstools e2fsprogs libvirt-clients vde2 iproute2 iputils-ping python3-venv
-    graphviz fdisk zstd cpio procps libxml2-utils skopeo umoci podman
+    graphviz fdisk zstd cpio procps libxml2-utils skopeo umoci podman runc
     ovmf systemd-boot-efi binutils
+    virt-v2v libvirt-daemon libvirt-daemon-driver-qemu
 )
 
 _sudo() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
