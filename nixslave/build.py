@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,41 @@ def check_format(fmt: str, boot: str | None, layout: str) -> str:
     return boot
 
 
+def backend_options(fmt: str, opts: DiskOptions) -> Any:
+    """Each backend's own options from the command line's disk options.
+
+    qcow2 knobs reach the formats that make a qcow2 (libvirt); elsewhere
+    they are refused rather than silently ignored.
+    """
+    module = FORMATS[fmt].module
+    if module == "disk":
+        return opts
+    qcow2_only = [flag for flag, v in (("--compress", opts.compression),
+                                       ("--cluster-size", opts.cluster_size),
+                                       ("--overlay", opts.overlay),
+                                       ("--preallocation", opts.preallocation != "off"))
+                  if v]
+    if qcow2_only and module != "libvirt":
+        raise BuildError(f"{qcow2_only[0]} applies to qcow2 disks, not {fmt}",
+                         where=qcow2_only[0], hint="drop it, or use --format qcow2")
+    if module == "libvirt":
+        from nixslave.backends.libvirt import LibvirtOptions
+
+        if opts.overlay is not None:
+            raise BuildError("--overlay applies to qcow2 disks, not libvirt", where="--overlay",
+                             hint="drop it; libvirt domains get their own disks")
+        disk = replace(opts, format="qcow2", gcroot=False, checksum=False)
+        return LibvirtOptions(disk=disk, gcroot=opts.gcroot, checksum=opts.checksum)
+    if module == "vbox":
+        from nixslave.backends.vbox import VboxOptions
+
+        return VboxOptions(format=fmt, gcroot=opts.gcroot,  # type: ignore[arg-type]
+                           checksum=opts.checksum)
+    mod = importlib.import_module(f"nixslave.backends.{module}")
+    cls = getattr(mod, f"{module.capitalize()}Options")  # NspawnOptions, TarOptions, OciOptions
+    return cls(gcroot=opts.gcroot)
+
+
 def backend_for(fmt: str) -> Any:
     """The backend class of ``fmt``, imported on first use."""
     rule = FORMATS[fmt]
@@ -129,7 +164,8 @@ def build_image(
                  "peers": list(network.peers)}
     fmt = options.format if options else "qcow2"
     root = rootmod.build(spec, network=network, progress=progress)
-    artifact = backend_for(fmt)().materialize(root, out, options, progress=progress,
+    backend_opts = backend_options(fmt, options or DiskOptions())
+    artifact = backend_for(fmt)().materialize(root, out, backend_opts, progress=progress,
                                               extra=extra)
     # The name the user asked for; the image path is inside its build directory.
     artifact.extra.setdefault("published_as", str(Path(out).absolute()))
