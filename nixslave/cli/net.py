@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from enum import StrEnum
@@ -26,11 +27,9 @@ from nixslave.netconf import (
     TopologyError,
     json_schema,
     load_topology,
-    topology_from_data,
 )
 from nixslave.netconf import plan as make_plan
-from nixslave.netconf.export import render_picture, to_dot, to_mermaid, to_node_link_json
-from nixslave.netconf.importers import import_file
+from nixslave.netconf.importers import import_lab
 from nixslave.netconf.renderers import (
     install_dir,
     render_hosts,
@@ -177,7 +176,8 @@ def plan_cmd(file: Path = FILE,
     """Show every node's interfaces, MACs, addresses and routes."""
     p = plan(file)
     if as_json:
-        emit_json(p.to_dict())
+        # node by node: a 100,000-node plan never exists as one JSON string
+        p.write_json(sys.stdout)
         return
     for name, np in p.nodes.items():
         gw = f" (gateway {np.gateway})" if np.gateway else ""
@@ -188,6 +188,9 @@ def plan_cmd(file: Path = FILE,
             where = f"segment {i.segment}" if i.segment else f"link to {i.peer}"
             addrs = " ".join(str(a) for a in i.addresses)
             typer.echo(f"  {i.name:<6} {i.mac} mtu {i.mtu} {addrs} ({where})")
+        if np.router_id is not None:  # routing: ospf or bgp
+            asn = f" as {np.asn}" if np.asn is not None else ""
+            typer.echo(f"  {p.routing} router-id {np.router_id}{asn} (routes learned at run time)")
         for r in np.routes:
             typer.echo(f"  route {r.destination} via {r.via} dev {r.dev}")
 
@@ -242,6 +245,9 @@ def graph(
                             hint=f"add -o topology.{fmt.value}")
     if out is not None:
         check_target(out)
+    # imported here: networkx takes a quarter of a second, which `plan` need not pay
+    from nixslave.netconf.export import render_picture, to_dot, to_mermaid, to_node_link_json
+
     p = plan(file)
     if picture:
         assert out is not None
@@ -256,18 +262,31 @@ def import_cmd(
     kind: ImportFormat = typer.Argument(..., help="clab or netlab"),
     file: Path = typer.Argument(..., help="The lab file to import."),
     out: Path | None = typer.Option(None, "-o", "--output", help="Topology file to write."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Refuse the lab if the import drops or changes anything."),
 ) -> None:
-    """Import a containerlab or netlab topology (the result is validated)."""
+    """Import a containerlab or netlab topology (the result is validated).
+
+    What the import drops or changes is printed as one warning line per
+    kind, naming the lab's keys; --strict makes the first one an error.
+    Errors name the lab file and key, also when found by planning."""
     if out is not None:
         check_target(out)
-    data = import_file(kind.value, file)
-    source = f"{file} (imported)"
-    try:
-        make_plan(topology_from_data(data, source=source))
-    except NetconfError as exc:  # planning errors name the element, not the file
-        if not exc.where.startswith(source):
-            exc.where = f"{source}: {exc.where}" if exc.where else source
-        raise
+    imported = import_lab(kind.value, file)
+    imported.check()
+    if strict and imported.warnings:
+        first = imported.warnings[0]
+        more = len(imported.warnings) - 1
+        raise TopologyError(
+            f"{first.what}: {', '.join(first.keys[:3])}"
+            + (f" and {len(first.keys) - 3} more" if len(first.keys) > 3 else ""),
+            where=f"{file} (--strict)",
+            hint="the import would drop or change this"
+            + (f"; {more} more kind{'s' if more > 1 else ''} of warning" if more else "")
+            + "; run without --strict to see them all")
+    for w in imported.warnings:  # only once the import is known to be good
+        typer.echo(f"nixslave netconf: warning: {w.line()}", err=True)
+    data = imported.data
     text = yaml.safe_dump(data, sort_keys=False)
     if out is not None and out.suffix == ".json":
         text = json.dumps(data, indent=2) + "\n"

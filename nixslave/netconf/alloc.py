@@ -93,11 +93,13 @@ class SubnetPool:
         used = self.used.setdefault(plen, set())
         slot = h64(key) % nslots
         covered = 0
+        # the family's own class: ip_network() tries IPv4 first and fails slowly on IPv6
+        cls = ipaddress.IPv4Network if self.net.version == 4 else ipaddress.IPv6Network
         for _ in range(self.MAX_PROBES):
             skip = self._skip(plen, slot)
             if not skip:
                 used.add(slot)
-                return ipaddress.ip_network((self.base + (slot << (self.bits - plen)), plen))
+                return cls((self.base + (slot << (self.bits - plen)), plen))
             covered += skip
             if covered >= nslots:
                 break
@@ -113,7 +115,11 @@ class HostSlots:
 
     def __init__(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         self.prefix = prefix
-        size = prefix.num_addresses
+        # not prefix.num_addresses: that builds the broadcast address object
+        size = 1 << (prefix.max_prefixlen - prefix.prefixlen)
+        self.base = int(prefix.network_address)
+        self.cls: type[ipaddress.IPv4Interface] | type[ipaddress.IPv6Interface] = (
+            ipaddress.IPv4Interface if prefix.version == 4 else ipaddress.IPv6Interface)
         if size <= 2:  # RFC 3021 /31 and RFC 6164 /127: both addresses are usable
             self.first, self.count = 0, size
         else:
@@ -124,7 +130,7 @@ class HostSlots:
         self.used: set[int] = set()
 
     def reserve(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-        self.used.add(int(ip) - int(self.prefix.network_address))
+        self.used.add(int(ip) - self.base)
 
     def take_seq(self, where: str) -> int:
         for k in range(self.first, self.first + self.count):
@@ -158,7 +164,7 @@ class HostSlots:
         return k
 
     def iface(self, k: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-        return ipaddress.ip_interface((int(self.prefix.network_address) + k, self.prefix.prefixlen))
+        return self.cls((self.base + k, self.prefix.prefixlen))
 
     def _full(self, where: str) -> TopologyError:
         return TopologyError(

@@ -1,30 +1,48 @@
-"""Importing containerlab and netlab topologies.
+"""Importing containerlab and netlab labs: what both importers share.
 
 Both tools describe labs people already have; importing them gives those
 labs addresses, MACs and guest configuration without rewriting them. The
 result is plain topology data, validated like any other input.
 
+An import is faithful where the lab maps onto the model and says so where
+it does not: every construct that is dropped or changed becomes a warning
+(one line per kind, naming the lab's keys), and settings the planner does
+not use (routing protocols, VLANs, VRFs, template variables) are carried
+as opaque ``data`` instead of being lost or refused. Errors, including
+those found only when the imported topology is planned, name the lab file
+and the lab's own key path, because that is the file the user can fix.
+
 Lab files are loosely typed YAML, so every value is checked for its type
 before it is used: a list where a mapping belongs, or a number where a name
 belongs, is a TopologyError that names the element, never a crash.
+
+The containerlab importer lives in ``clab.py``, the netlab one in
+``netlab.py``; both build their result with the :class:`Builder` here.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import TopologyError
-from .load import read_data
+from .errors import NetconfError, TopologyError, one_line
+from .load import read_data, topology_from_data
 from .model import HOSTNAME_RE, IFNAME_RE
 
-CLAB_BRIDGES = {"bridge", "ovs-bridge"}
-HOST_KINDS = {"linux", "host", "k8s-kind", "ext-container"}
+if TYPE_CHECKING:
+    from .plan import Plan
+
+MAX_KEYS = 6  # keys named per warning line; the rest are counted
 
 
-def _type(v: Any) -> str:
+# ---- reading loosely typed values ---------------------------------------
+
+def type_name(v: Any) -> str:
     """How a value's type reads in an error message."""
     if v is None:
         return "nothing"
@@ -41,64 +59,78 @@ def _type(v: Any) -> str:
     return f"a {type(v).__name__}"
 
 
-def _mapping(v: Any, where: str, hint: str = "write key: value pairs") -> dict[Any, Any]:
+def mapping(v: Any, where: str, hint: str = "write key: value pairs") -> dict[Any, Any]:
     """A mapping; an empty entry (``r1:`` in YAML) counts as an empty one."""
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise TopologyError(f"expected a mapping, found {_type(v)}", where=where, hint=hint)
+        raise TopologyError(f"expected a mapping, found {type_name(v)}", where=where, hint=hint)
     return v
 
 
-def _list(v: Any, where: str, hint: str = "write a list: [a, b] or '- a' lines") -> list[Any]:
+def as_list(v: Any, where: str, hint: str = "write a list: [a, b] or '- a' lines") -> list[Any]:
     if v is None:
         return []
     if not isinstance(v, list):
-        raise TopologyError(f"expected a list, found {_type(v)}", where=where, hint=hint)
+        raise TopologyError(f"expected a list, found {type_name(v)}", where=where, hint=hint)
     return v
 
 
-def _text(v: Any, where: str, hint: str = "write it as text") -> str:
+def text(v: Any, where: str, hint: str = "write it as text") -> str:
     if not isinstance(v, str):
-        raise TopologyError(f"expected text, found {_type(v)}", where=where, hint=hint)
+        raise TopologyError(f"expected text, found {type_name(v)}", where=where, hint=hint)
     return v
 
 
-def _key(v: Any, where: str) -> str:
+def name_key(v: Any, where: str) -> str:
     """A node's name as written in the lab file: YAML turns ``1:`` into a
     number and ``yes:`` into true, which no lab tool takes as a name."""
     if not isinstance(v, str):
-        raise TopologyError(f"a name must be text, found {_type(v)}", where=where,
+        raise TopologyError(f"a name must be text, found {type_name(v)}", where=where,
                             hint="use names that start with a letter, or quote them")
     return v
 
 
-def _int(v: Any, where: str) -> int:
+def integer(v: Any, where: str, hint: str = "e.g. 1500") -> int:
     if isinstance(v, bool) or not isinstance(v, int | str):
-        raise TopologyError(f"expected a whole number, found {_type(v)}", where=where,
-                            hint="e.g. 1500")
+        raise TopologyError(f"expected a whole number, found {type_name(v)}", where=where,
+                            hint=hint)
     if isinstance(v, str):
         if not v.strip().isdigit() or len(v) > 9:
-            raise TopologyError(f"{v!r} is not a whole number", where=where, hint="e.g. 1500")
+            raise TopologyError(f"{v!r} is not a whole number", where=where, hint=hint)
         return int(v)
     return v
 
 
-def _subnet(v: Any, version: int, where: str) -> str:
+def subnet(v: Any, version: int, where: str) -> str:
     """A pool or management prefix, host bits allowed as the lab tools do."""
-    text = _text(v, where, "write a prefix, e.g. 192.0.2.0/24")
+    raw = text(v, where, "write a prefix, e.g. 192.0.2.0/24")
     try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(raw.strip(), strict=False)
     except ValueError:
-        raise TopologyError(f"{text!r} is not a prefix", where=where,
+        raise TopologyError(f"{raw!r} is not a prefix", where=where,
                             hint="write address/length, e.g. 192.0.2.0/24") from None
     if net.version != version:
-        raise TopologyError(f"{text!r} is an IPv{net.version} prefix, not an IPv{version} one",
+        raise TopologyError(f"{raw!r} is an IPv{net.version} prefix, not an IPv{version} one",
                             where=where, hint=f"put it under the ipv{net.version} key")
     return str(net)
 
 
-def _name(raw: str, where: str) -> str:
+def address(v: Any, version: int, where: str) -> str:
+    """A bare address of one family (a management address or gateway)."""
+    raw = text(v, where, "write an address, e.g. 192.0.2.10")
+    try:
+        ip = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        raise TopologyError(f"{raw!r} is not an address", where=where,
+                            hint="write a bare address, e.g. 192.0.2.10") from None
+    if ip.version != version:
+        raise TopologyError(f"{raw!r} is an IPv{ip.version} address, not an IPv{version} one",
+                            where=where, hint=f"put it under the ipv{ip.version} key")
+    return str(ip)
+
+
+def hostname(raw: str, where: str) -> str:
     """Lab names allow '_' and upper case; host names do not."""
     name = re.sub(r"[^a-z0-9-]", "-", raw.lower()).strip("-")
     if not name or not name[0].isalpha():
@@ -109,16 +141,84 @@ def _name(raw: str, where: str) -> str:
     return name
 
 
-class _Names:
+def opaque(v: Any, where: str) -> Any:
+    """A value kept as opaque data: it must survive being written as YAML
+    and JSON and read back unchanged, so dates become text and values no
+    format can carry (NaN, bytes, sets) are refused."""
+    if isinstance(v, bool | int | str) or v is None:
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise TopologyError(f"{v!r} cannot be kept as data", where=where,
+                                hint="use a finite number or text")
+        return v
+    if isinstance(v, datetime.date):
+        return v.isoformat()
+    if isinstance(v, list):
+        return [opaque(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, dict):
+        out: dict[Any, Any] = {}
+        for k, x in v.items():
+            if not isinstance(k, str | int) or isinstance(k, bool):
+                raise TopologyError(f"a key that is {type_name(k)} cannot be kept as data",
+                                    where=where, hint="use text keys")
+            out[k] = opaque(x, f"{where}.{k}")
+        return out
+    raise TopologyError(f"{type_name(v)} cannot be kept as data", where=where,
+                        hint="use text, numbers, lists or mappings")
+
+
+LINUX_IFNAME_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# ---- warnings -----------------------------------------------------------
+
+@dataclass
+class ImportWarning:
+    """One kind of thing an import dropped or changed, with every lab key
+    where it happened (the first few are named, the rest counted)."""
+
+    source: str
+    what: str
+    keys: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One printable line: keys quote the lab's names, which may hold
+        anything, so each is made one bounded line as error parts are."""
+        shown = ", ".join(one_line(k, 120) for k in self.keys[:MAX_KEYS])
+        more = len(self.keys) - MAX_KEYS
+        tail = f" and {more} more" if more > 0 else ""
+        return f"{one_line(self.source)}: {self.what}: {shown}{tail}"
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+# ---- building the result ------------------------------------------------
+
+@dataclass
+class Rec:
+    """A generated element (node, segment or link) with where it came
+    from: ``at`` is its lab key path, ``fields`` maps a generated sub-path
+    (``mtu``, ``endpoints[1].ipv4``) to the lab key that set it."""
+
+    spec: dict[str, Any]
+    at: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class Names:
     """Lab names to host names. Two lab names may map to one host name
-    (``R_1`` and ``r-1``); merging them would silently join two nodes."""
+    (``R_1`` and ``r-1``); merging them would silently join two nodes.
+    Names the importer makes up (the containerlab host, a macvlan's
+    external segment) take a free name instead of colliding."""
 
     def __init__(self) -> None:
         self.by_raw: dict[str, str] = {}
         self.owner: dict[str, str] = {}
 
     def add(self, raw: str, where: str) -> str:
-        name = _name(raw, where)
+        name = hostname(raw, where)
         if name in self.owner:
             raise TopologyError(f"{raw!r} and {self.owner[name]!r} both become {name!r}",
                                 where=where, hint="rename one of them")
@@ -129,273 +229,223 @@ class _Names:
     def get(self, raw: Any) -> str | None:
         return self.by_raw.get(raw) if isinstance(raw, str) else None
 
+    def fresh(self, base: str) -> str:
+        """A free host name made from ``base`` (any text)."""
+        stem = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40].strip("-") or "n"
+        if not stem[0].isalpha():
+            stem = f"n{stem}"
+        name, k = stem, 1
+        while name in self.owner:
+            k += 1
+            name = f"{stem}-{k}"
+        self.owner[name] = base
+        return name
 
-def _ifname(raw: Any) -> str | None:
-    """A lab's interface name if Linux can use it (``e1-1`` yes,
-    ``ethernet-1/1`` no: that one is named automatically)."""
-    if isinstance(raw, str) and IFNAME_RE.match(raw) and raw not in (".", ".."):
-        return raw
+
+class Builder:
+    """Collects an import: nodes, segments and links with their origins,
+    top-level settings and warnings. Links are numbered only at the end, so
+    an error found in the finished topology still leads back to the lab."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.names = Names()
+        self.nodes: dict[str, Rec] = {}
+        self.segments: dict[str, Rec] = {}
+        self.links: list[Rec] = []
+        self.top: dict[str, Any] = {}
+        self.top_origin: dict[str, str] = {}
+        self.warnings: dict[str, ImportWarning] = {}
+
+    def at(self, path: str) -> str:
+        """A lab key path as an error's ``where``."""
+        return f"{self.source}: {path}" if path else self.source
+
+    def warn(self, what: str, key: str) -> None:
+        w = self.warnings.setdefault(what, ImportWarning(self.source, what))
+        if key not in w.keys:
+            w.keys.append(key)
+
+    def name(self, raw: str, path: str) -> str:
+        """A lab name as a host name; a name that had to change is warned
+        about, since the user will look for the lab's name in the plan."""
+        name = self.names.add(raw, self.at(path))
+        if name != raw:
+            self.renamed(path, raw, name)
+        return name
+
+    def renamed(self, path: str, raw: str, name: str) -> None:
+        self.warn("names changed to host names", f"{path} ({raw} -> {name})")
+
+    def set_top(self, key: str, value: Any, path: str) -> None:
+        self.top[key] = value
+        self.top_origin[key] = path
+
+    def finish(self) -> Imported:
+        """Demote routers cut off from the rest, number the links and map
+        every generated path back to its lab key."""
+        self._islands()
+        origin: dict[str, str] = dict(self.top_origin)
+        data: dict[str, Any] = {}
+        for key in ("name", "ipv4", "ipv6"):
+            if key in self.top:
+                data[key] = self.top[key]
+        nodes: dict[str, Any] = {}
+        for n, rec in self.nodes.items():
+            nodes[n] = rec.spec
+            origin[f"nodes.{n}"] = rec.at
+            origin.update({f"nodes.{n}.{k}": v for k, v in rec.fields.items()})
+        data["nodes"] = nodes
+        if self.segments:
+            data["segments"] = {}
+            for s, rec in self.segments.items():
+                data["segments"][s] = rec.spec
+                origin[f"segments.{s}"] = rec.at
+                origin.update({f"segments.{s}.{k}": v for k, v in rec.fields.items()})
+        data["links"] = []
+        for i, rec in enumerate(self.links):
+            data["links"].append(rec.spec)
+            origin[f"links[{i}]"] = rec.at
+            origin.update({f"links[{i}].{k}": v for k, v in rec.fields.items()})
+        for key, value in self.top.items():
+            if key not in data:
+                data[key] = value
+        return Imported(data=data, warnings=list(self.warnings.values()), origin=origin,
+                        source=self.source)
+
+    def _islands(self) -> None:
+        """Routers that cannot reach each other cannot be planned with
+        static routes. A lab may have them (a router with only stub links
+        next to another one), so instead of refusing the lab, the routers
+        outside the largest group are planned as end systems (without a
+        loopback nobody could route to), and the import warns about each."""
+        routers = [n for n, rec in self.nodes.items() if rec.spec.get("kind") == "router"]
+        if len(routers) < 2:
+            return
+        parent = {r: r for r in routers}
+
+        def find(x: str) -> str:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def join(a: str, b: str) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+        on_segment: dict[str, str] = {}
+        for rec in self.links:
+            a, b = (e if isinstance(e, str) else e["node"] for e in rec.spec["endpoints"])
+            if a in parent and b in parent:
+                join(a, b)
+            for r, s in ((a, b), (b, a)):
+                if r in parent and s in self.segments:
+                    if s in on_segment:
+                        join(on_segment[s], r)
+                    else:
+                        on_segment[s] = r
+        groups: dict[str, list[str]] = {}
+        for r in routers:
+            groups.setdefault(find(r), []).append(r)
+        if len(groups) < 2:
+            return
+        main = max(groups.values(), key=len)  # the first largest group wins ties
+        for r in routers:
+            if r not in main:
+                spec = self.nodes[r].spec
+                spec["kind"] = "host"
+                spec.pop("loopback", None)
+                self.warn("routers that cannot reach the other routers planned as end systems "
+                          "(no forwarding, no routes)", self.nodes[r].at)
+
+
+@dataclass
+class Imported:
+    """The result of an import: topology data, warnings, and the map from
+    generated paths (``links[3].endpoints[1].ipv4``) to lab keys."""
+
+    data: dict[str, Any]
+    warnings: list[ImportWarning]
+    origin: dict[str, str]
+    source: str
+
+    def locate(self, where: str) -> str:
+        """An error's ``where`` in the generated topology as the lab file
+        and its own key path (the longest generated path that leads to it)."""
+        best = ""
+        for k in self.origin:
+            if (where == k or where.startswith((f"{k}.", f"{k}["))) and len(k) > len(best):
+                best = k
+        head = f"{self.source} (imported)"
+        if best:
+            return f"{head}: {self.origin[best]}"
+        return f"{head}: {where}" if where else head
+
+    def check(self) -> Plan:
+        """Validate and plan the imported topology; a failure names the lab
+        file and key, not an element of a file the user never wrote."""
+        from .plan import plan
+
+        try:
+            return plan(topology_from_data(self.data))
+        except NetconfError as exc:
+            exc.where = self.locate(exc.where)
+            raise
+
+
+def check_ifname(b: Builder, raw: Any, path: str, what: str = "interface") -> str | None:
+    """A lab's interface name if Linux can use it. Names Linux cannot take
+    (``ethernet-1/1``) are aliases the lab tool maps itself: the planned
+    ethN name replaces them, with a warning. A name of Linux characters
+    that is too long is a mistake in the lab (the kernel refuses it)."""
+    raw = text(raw, b.at(path), f"write the {what} name as text")
+    if not raw:
+        raise TopologyError(f"the {what} name is empty", where=b.at(path),
+                            hint="write node:interface, e.g. r1:eth1")
+    if LINUX_IFNAME_CHARS.match(raw):
+        if len(raw) > 15:
+            raise TopologyError(f"interface name {raw!r} is longer than 15 characters",
+                                where=b.at(path), hint="Linux interface names have at most "
+                                "15 characters")
+        if IFNAME_RE.match(raw) and raw not in (".", ".."):
+            return raw
+    b.warn("interface names Linux cannot use replaced by planned ethN names", f"{path} ({raw})")
     return None
 
 
-def import_clab(data: Any, *, source: str = "clab") -> dict[str, Any]:
-    """containerlab ``.clab.yml``: nodes, links (brief ``"a:e1"`` and
-    extended endpoint forms), bridge kinds as segments, link ``ipv4``/``ipv6``
-    values and the management subnet."""
-    if not isinstance(data, dict) or not isinstance(data.get("topology"), dict):
-        raise TopologyError("not a containerlab topology (no 'topology' mapping)",
-                            where=source, hint="a .clab.yml has name: and topology:")
-    topo = data["topology"]
-    defaults = _mapping(topo.get("defaults"), f"{source}: topology.defaults")
-    kind_default = defaults.get("kind")
-    lab = data.get("name")
-    out: dict[str, Any] = {
-        "name": _name(_key(lab, f"{source}: name") if lab is not None else "lab",
-                      f"{source}: name"),
-        "nodes": {}, "segments": {}, "links": []}
-    names = _Names()
-    nodes = _mapping(topo.get("nodes"), f"{source}: topology.nodes",
-                     "write the nodes as name: {kind: ...} pairs")
-    for raw, spec in nodes.items():
-        where = f"{source}: topology.nodes.{raw}"
-        name = names.add(_key(raw, where), where)
-        spec = _mapping(spec, where)
-        kind = _text(spec.get("kind", kind_default or "linux"), f"{where}.kind")
-        if kind in CLAB_BRIDGES:
-            out["segments"][name] = {}
-        else:
-            out["nodes"][name] = {"kind": "host" if kind in HOST_KINDS else "router"}
-    links = _list(topo.get("links"), f"{source}: topology.links")
-    for k, link in enumerate(links):
-        where = f"{source}: topology.links[{k}]"
-        link = _mapping(link, where, 'a link is a mapping: endpoints: ["a:eth1", "b:eth1"]')
-        if link.get("type") not in (None, "veth"):
-            continue  # host, macvlan, mgmt-net, vxlan: outside the lab's own wiring
-        eps = link.get("endpoints")
-        if not isinstance(eps, list) or len(eps) != 2:
-            raise TopologyError("a link needs two endpoints", where=where,
-                                hint='endpoints: ["node1:eth1", "node2:eth1"]')
-        ends = [_clab_end(link, j, ep, names, out, f"{where}.endpoints[{j}]")
-                for j, ep in enumerate(eps)]
-        entry: dict[str, Any] = {"endpoints": ends}
-        if link.get("mtu") is not None:
-            entry["mtu"] = _int(link["mtu"], f"{where}.mtu")
-        out["links"].append(entry)
-    mgmt = _mapping(data.get("mgmt"), f"{source}: mgmt")
-    pools: dict[str, str] = {}
-    for key, fam, pool in (("ipv4-subnet", 4, "mgmt4"), ("ipv6-subnet", 6, "mgmt6")):
-        if mgmt.get(key):
-            pools[pool] = _subnet(mgmt[key], fam, f"{source}: mgmt.{key}")
-    if pools:
-        out["management"] = True
-        out["pools"] = pools
-    if not out["segments"]:
-        del out["segments"]
-    return out
+# ---- entry points -------------------------------------------------------
 
+def import_lab(kind: str, path: Path) -> Imported:
+    """Read and import a lab file, with warnings and origins."""
+    data = read_data(path)
+    if kind == "clab":
+        from .clab import import_clab_lab
 
-def _clab_end(link: dict[Any, Any], j: int, ep: Any, names: _Names,
-              out: dict[str, Any], where: str) -> dict[str, Any]:
-    """One endpoint: ``"node:iface"`` or ``{node, interface, mac, ipv4, ipv6}``.
-    A bridge's end carries no interface options; they belong to the node."""
-    if isinstance(ep, str):
-        node, _, iface = ep.partition(":")
-        ep = {"node": node, "interface": iface}
-    if not isinstance(ep, dict) or not isinstance(ep.get("node"), str):
-        raise TopologyError("endpoint must be 'node:iface' or {node, interface}",
-                            where=where, hint="fix the endpoint")
-    name = names.get(ep["node"])
-    if name is None:
-        raise TopologyError(f"unknown node {ep['node']!r}", where=where,
-                            hint="declare it under topology.nodes")
-    end: dict[str, Any] = {"node": name}
-    if name in out["segments"]:
-        return end
-    ifn = _ifname(ep.get("interface"))
-    if ifn:
-        end["ifname"] = ifn
-    if ep.get("mac"):
-        end["mac"] = _text(ep["mac"], f"{where}.mac", "write a MAC as text, e.g. "
-                           '"02:00:00:00:00:01"')
-    for fam in ("ipv4", "ipv6"):
-        vals = link.get(fam)
-        val = ep.get(fam)
-        if not val and isinstance(vals, list) and j < len(vals):
-            val = vals[j]
-        if val:
-            end[fam] = _text(val, f"{where}.{fam}", "write address/length as text")
-    return end
+        return import_clab_lab(data, source=str(path))
+    if kind == "netlab":
+        from .netlab import import_netlab_lab
 
-
-NETLAB_LINK_ATTRS = {"prefix", "mtu", "type", "bandwidth", "name", "role", "pool",
-                     "bridge", "unnumbered", "vlan", "linkindex", "interfaces", "disable",
-                     "group", "ipv4", "ipv6"}
-
-
-def import_netlab(data: Any, *, source: str = "netlab") -> dict[str, Any]:
-    """netlab topology: nodes (list or dict, ``device``), links in string
-    (``a-b``), list and dict form (two nodes make a p2p link, more or one a
-    LAN), and addressing pools (lan, p2p, loopback, mgmt)."""
-    if not isinstance(data, dict) or "nodes" not in data:
-        raise TopologyError("not a netlab topology (no 'nodes')", where=source,
-                            hint="a netlab topology has nodes: and links:")
-    raw_nodes = data["nodes"]
-    if isinstance(raw_nodes, list):
-        listed: dict[Any, Any] = {}
-        for i, n in enumerate(raw_nodes):
-            n = _key(n, f"{source}: nodes[{i}]")
-            if n in listed:
-                raise TopologyError(f"{n!r} is listed twice", where=f"{source}: nodes[{i}]",
-                                    hint="list each node once")
-            listed[n] = {}
-        raw_nodes = listed
-    raw_nodes = _mapping(raw_nodes, f"{source}: nodes", "a list of names or name: {...} pairs")
-    defaults = _mapping(data.get("defaults"), f"{source}: defaults")
-    default_dev = data.get("device") or defaults.get("device") or "frr"
-    lab = data.get("name")
-    out: dict[str, Any] = {
-        "name": _name(_key(lab, f"{source}: name") if lab is not None else "netlab",
-                      f"{source}: name"),
-        "nodes": {}, "segments": {}, "links": []}
-    names = _Names()
-    for raw, spec in raw_nodes.items():
-        where = f"{source}: nodes.{raw}"
-        name = names.add(_key(raw, where), where)
-        spec = _mapping(spec, where)
-        dev = spec.get("device", default_dev)
-        out["nodes"][name] = {"kind": "host" if dev in ("linux", "host") else "router"}
-        if spec.get("id") is not None:
-            out["nodes"][name]["id"] = _int(spec["id"], f"{where}.id")
-    for k, link in enumerate(_list(data.get("links"), f"{source}: links")):
-        _netlab_link(k, link, names, out, f"{source}: links[{k}]")
-    pools = _netlab_pools(_mapping(data.get("addressing"), f"{source}: addressing"), out,
-                          f"{source}: addressing")
-    if pools:
-        out["pools"] = pools
-    if not out["segments"]:
-        del out["segments"]
-    return out
-
-
-def _netlab_link(k: int, link: Any, names: _Names, out: dict[str, Any], where: str) -> None:
-    attrs: dict[str, Any] = {}
-    members: list[tuple[str, dict[Any, Any]]] = []
-    if isinstance(link, str):
-        members = [(n, {}) for n in _split_string_link(link, names.by_raw, where)]
-    elif isinstance(link, list):
-        members = [(_key(n, f"{where}[{i}]"), {}) for i, n in enumerate(link)]
-    elif isinstance(link, dict):
-        for key, val in link.items():
-            if key == "interfaces":
-                for i, itf in enumerate(_list(val, f"{where}.interfaces")):
-                    iw = f"{where}.interfaces[{i}]"
-                    itf = _mapping(itf, iw, "each interface is {node: name, ...}")
-                    members.append((_key(itf.get("node"), f"{iw}.node"), itf))
-            elif names.get(key) is not None:
-                members.append((key, _mapping(val, f"{where}.{key}")))
-            elif isinstance(key, str) and key in NETLAB_LINK_ATTRS:
-                attrs[key] = val
-            else:
-                raise TopologyError(f"unknown node or link attribute {key!r}",
-                                    where=where, hint="declare the node under nodes")
-    else:
-        raise TopologyError("a link must be a string, a list or a mapping", where=where,
-                            hint="e.g. 'r1-r2' or [r1, r2]")
-    ends = []
-    for n, spec in members:
-        node = names.get(n)
-        if node is None:
-            raise TopologyError(f"unknown node {n!r}", where=where,
-                                hint="declare it under nodes")
-        end: dict[str, Any] = {"node": node}
-        for fam in ("ipv4", "ipv6"):
-            if isinstance(spec.get(fam), str):
-                end[fam] = spec[fam]
-        if _ifname(spec.get("ifname")):
-            end["ifname"] = spec["ifname"]
-        ends.append(end)
-    opts = _netlab_link_opts(attrs, where)
-    if len(ends) == 2 and attrs.get("type") != "lan":
-        out["links"].append({"endpoints": ends, **opts})
-    elif ends:
-        label = attrs.get("name") or attrs.get("bridge") or f"lan{k}"
-        seg = _name(_text(label, f"{where}.name"), where)
-        while seg in out["segments"] or seg in out["nodes"]:
-            seg = f"{seg}x"
-        out["segments"][seg] = opts
-        out["links"] += [{"endpoints": [e, seg]} for e in ends]
-
-
-def _netlab_link_opts(attrs: dict[str, Any], where: str) -> dict[str, Any]:
-    """A link's prefix (text, or per family; true/false means unnumbered or
-    off in netlab and is not a prefix) and MTU."""
-    prefix = attrs.get("prefix")
-    if isinstance(prefix, str):
-        prefix = {"ipv4": prefix} if ":" not in prefix else {"ipv6": prefix}
-    prefix = _mapping(None if isinstance(prefix, bool) else prefix, f"{where}.prefix",
-                      "write a prefix, or {ipv4: ..., ipv6: ...}")
-    opts: dict[str, Any] = {}
-    for fam, key in (("ipv4", "prefix4"), ("ipv6", "prefix6")):
-        val = prefix.get(fam)
-        if val is not None and not isinstance(val, bool):
-            opts[key] = _text(val, f"{where}.prefix.{fam}", "write a prefix as text")
-    if attrs.get("mtu"):
-        opts["mtu"] = _int(attrs["mtu"], f"{where}.mtu")
-    return opts
-
-
-def _split_string_link(link: str, names: dict[str, str], where: str) -> list[str]:
-    """``r1-r2`` or ``r1-r2-r3``; node names may contain '-' themselves, so
-    the longest known name wins at each step. Only candidates as long as the
-    longest name are tried, which keeps a hostile ``a-a-a-...`` linear."""
-    parts = link.split("-")
-    longest = max((len(n) for n in names), default=0)
-    out: list[str] = []
-    i = 0
-    while i < len(parts):
-        best = 0
-        cand = parts[i]
-        for j in range(i + 1, len(parts) + 1):
-            if j > i + 1:
-                cand = f"{cand}-{parts[j - 1]}"
-            if len(cand) > longest:
-                break
-            if cand in names:
-                best = j
-        if not best:
-            raise TopologyError(f"cannot split link {link!r} into known nodes", where=where,
-                                hint="use the list form [a, b]")
-        out.append("-".join(parts[i:best]))
-        i = best
-    return out
-
-
-def _netlab_pools(addressing: dict[Any, Any], out: dict[str, Any],
-                  where: str) -> dict[str, str]:
-    pools: dict[str, str] = {}
-    for role in ("lan", "p2p", "loopback", "mgmt"):
-        rw = f"{where}.{role}"
-        spec = _mapping(addressing.get(role), rw)
-        for fam, ver in (("ipv4", 4), ("ipv6", 6)):
-            val = spec.get(fam)
-            if val is not None and not isinstance(val, bool):  # true: netlab's own choice
-                pools[f"{role}{ver}"] = _subnet(val, ver, f"{rw}.{fam}")
-        if spec.get("prefix") is not None:
-            plen = _int(spec["prefix"], f"{rw}.prefix")
-            if role == "lan":
-                out["lan_prefix_len4"] = plen
-            elif role == "p2p" and plen in (30, 31):
-                out["p2p_prefix_len4"] = plen
-        if spec.get("prefix6") is not None and role == "lan":
-            out["lan_prefix_len6"] = _int(spec["prefix6"], f"{rw}.prefix6")
-    return pools
+        return import_netlab_lab(data, source=str(path))
+    raise TopologyError(f"unknown import format {kind!r}", where=str(path),
+                        hint="use clab or netlab")
 
 
 def import_file(kind: str, path: Path) -> dict[str, Any]:
-    data = read_data(path)
-    if kind == "clab":
-        return import_clab(data, source=str(path))
-    if kind == "netlab":
-        return import_netlab(data, source=str(path))
-    raise TopologyError(f"unknown import format {kind!r}", where=str(path),
-                        hint="use clab or netlab")
+    """Read and import a lab file; the topology data only."""
+    return import_lab(kind, path).data
+
+
+def import_clab(data: Any, *, source: str = "clab") -> dict[str, Any]:
+    """containerlab ``.clab.yml`` data to topology data (see clab.py)."""
+    from .clab import import_clab_lab
+
+    return import_clab_lab(data, source=source).data
+
+
+def import_netlab(data: Any, *, source: str = "netlab") -> dict[str, Any]:
+    """netlab topology data to topology data (see netlab.py)."""
+    from .netlab import import_netlab_lab
+
+    return import_netlab_lab(data, source=source).data

@@ -54,6 +54,48 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
 
+_CSafeLoader: Any = getattr(yaml, "CSafeLoader", None)  # None without libyaml
+
+
+class _CUniqueKeyLoader(_CSafeLoader or yaml.SafeLoader):  # type: ignore[misc]
+    """The same loader on libyaml's parser, five times faster on a large lab.
+
+    libyaml composes nodes by recursion in C, without Python's recursion
+    limit: a file of 100,000 nested brackets overflows the C stack and
+    kills the process. So :func:`_yaml_depth` first walks the file's events
+    (a flat loop in C and here) and refuses deep nesting before anything is
+    composed; the duplicate-key constructor is the same as above."""
+
+
+_CUniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+_START_EVENTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_END_EVENTS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _yaml_depth(text: str, limit: int) -> None:
+    """Raise TopologyError when collections nest more than ``limit`` deep,
+    without composing anything (so nothing here recurses)."""
+    loader = _CSafeLoader(text)
+    depth = 0
+    try:
+        while (ev := loader.get_event()) is not None:
+            cls = type(ev)
+            if cls in _START_EVENTS:
+                depth += 1
+                if depth > limit:
+                    raise TopologyError(
+                        f"the data is nested too deeply (more than {limit} levels)",
+                        where=f"line {ev.start_mark.line + 1}",
+                        hint="a topology needs only a few levels of nesting")
+            elif cls in _END_EVENTS:
+                depth -= 1
+    finally:
+        dispose = getattr(loader, "dispose", None)
+        if dispose is not None:
+            dispose()
+
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON objects without duplicate keys, for the same reason as YAML."""
@@ -104,7 +146,8 @@ def check_shape(data: Any, where: str) -> None:
                                     "itself)", where=where, hint="remove the recursive alias")
             else:
                 if len(stack) >= MAX_DEPTH:
-                    raise TopologyError(f"the data is nested more than {MAX_DEPTH} levels deep",
+                    raise TopologyError(f"the data is nested too deeply (more than {MAX_DEPTH} "
+                                        "levels)",
                                         where=where,
                                         hint="a topology needs only a few levels of nesting")
                 path.add(cid)
@@ -234,7 +277,10 @@ def _parse(text: str, suffix: str) -> Any:
         return json.loads(text, object_pairs_hook=_json_object)
     if suffix == ".toml":
         return tomllib.loads(text)
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    if _CSafeLoader is None:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    _yaml_depth(text, MAX_DEPTH)
+    return yaml.load(text, Loader=_CUniqueKeyLoader)
 
 
 def read_data(path: Path) -> Any:
@@ -282,5 +328,8 @@ def read_data(path: Path) -> Any:
 
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file (.yml/.yaml, .json or .toml)."""
+    from .plan import gc_paused  # a big lab is hundreds of thousands of small objects
+
     p = Path(path)
-    return topology_from_data(read_data(p), source=str(p))
+    with gc_paused():
+        return topology_from_data(read_data(p), source=str(p))

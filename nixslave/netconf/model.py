@@ -71,6 +71,29 @@ def check_interface(v: str, version: int) -> str:
     return str(iface)
 
 
+def check_label(v: str) -> str:
+    """A free-text label (an imported lab's link description): one printable
+    line, since it ends up in comments and diagrams."""
+    if len(v) > 200:
+        raise ValueError("a label is at most 200 characters")
+    if any(not ch.isprintable() for ch in v):
+        raise ValueError(f"{v!r} is not one line of printable text")
+    return v
+
+
+def check_address(v: str, version: int) -> str:
+    """A bare address of one family (a static management address)."""
+    addr = ipaddress.ip_address(v)
+    if addr.version != version:
+        raise ValueError(f"{v!r} is an IPv{addr.version} address, not an IPv{version} one")
+    return str(addr)
+
+
+# Opaque data carried for other tools (an imported lab's routing-protocol,
+# VLAN or VRF settings): kept as written, never read by the planner.
+Data = dict[str, Any] | None
+
+
 class ListFormError(ValueError):
     """A bad entry of the list form of nodes or segments; ``where`` points at
     the entry, since pydantic reports a before-validator's errors at the top."""
@@ -113,6 +136,20 @@ class Node(_Strict):
     id: int | None = Field(default=None, ge=1, le=65534)
     gateway: str | None = None
     loopback: bool | None = None
+    # static addresses on the management network (with management: true)
+    mgmt_ipv4: str | None = None
+    mgmt_ipv6: str | None = None
+    data: Data = None
+
+    @field_validator("mgmt_ipv4")
+    @classmethod
+    def _mgmt4(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v, 4)
+
+    @field_validator("mgmt_ipv6")
+    @classmethod
+    def _mgmt6(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v, 6)
 
 
 class Segment(_Strict):
@@ -121,6 +158,8 @@ class Segment(_Strict):
     prefix_len4: int | None = Field(default=None, ge=8, le=30)
     prefix_len6: int | None = Field(default=None, ge=48, le=126)
     mtu: int | None = Field(default=None, ge=68, le=65535)
+    label: str | None = None
+    data: Data = None
 
     @field_validator("prefix4")
     @classmethod
@@ -132,6 +171,11 @@ class Segment(_Strict):
     def _prefix6(cls, v: str | None) -> str | None:
         return None if v is None else check_prefix(v, 6)
 
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return None if v is None else check_label(v)
+
 
 class Endpoint(_Strict):
     node: str
@@ -139,6 +183,7 @@ class Endpoint(_Strict):
     mac: str | None = None
     ipv4: str | None = None
     ipv6: str | None = None
+    data: Data = None
 
     @field_validator("ifname")
     @classmethod
@@ -171,6 +216,8 @@ class Link(_Strict):
     prefix_len4: int | None = Field(default=None, ge=30, le=31)
     prefix_len6: int | None = Field(default=None, ge=64, le=127)
     mtu: int | None = Field(default=None, ge=68, le=65535)
+    label: str | None = None  # free text, unlike name (which is the link's id)
+    data: Data = None
 
     @model_validator(mode="before")
     @classmethod
@@ -199,6 +246,11 @@ class Link(_Strict):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None else check_hostname(v)
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return None if v is None else check_label(v)
 
 
 class StaticRoute(_Strict):
@@ -232,14 +284,31 @@ class Topology(_Strict):
     lan_prefix_len4: int = Field(default=24, ge=8, le=30)
     lan_prefix_len6: int = Field(default=64, ge=48, le=126)
     mtu: int = Field(default=1500, ge=68, le=65535)
-    routing: Literal["static", "none"] = "static"
+    # static: the planner computes every route (aggregated); ospf/bgp: FRR on
+    # the routers learns them and the planner routes only end systems; none:
+    # no routes beyond the topology's own ``routes``
+    routing: Literal["static", "none", "ospf", "bgp"] = "static"
     management: bool = False
+    # the management network's gateway (the lab host's bridge): no node gets it
+    mgmt_gateway4: str | None = None
+    mgmt_gateway6: str | None = None
     routes: list[StaticRoute] = Field(default_factory=list)
+    data: Data = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_hostname(v)
+
+    @field_validator("mgmt_gateway4")
+    @classmethod
+    def _gw4(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v, 4)
+
+    @field_validator("mgmt_gateway6")
+    @classmethod
+    def _gw6(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v, 6)
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import TopologyError
-from .model import Endpoint, Topology, check_hostname
+from .model import Endpoint, Node, Topology, check_hostname
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPIf = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -50,6 +50,8 @@ class Net:
     plen6: int = 64
     mtu: int = 1500
     segment: str | None = None
+    # addresses no member may get (the management network's gateway)
+    reserved: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
 
 
 @dataclass
@@ -223,14 +225,71 @@ def resolve(topo: Topology) -> Layout:
             segment=MGMT,
         )
         mnet.plen4, mnet.plen6 = mnet.prefix4.prefixlen, mnet.prefix6.prefixlen  # type: ignore[union-attr]
-        for n in topo.nodes:
+        mnet.reserved = _mgmt_gateways(topo, mnet)
+        taken: dict[object, str] = {ip: "the management gateway" for ip in mnet.reserved}
+        for n, node in topo.nodes.items():
             att = Attach(node=n, net=MGMT, where=f"nodes.{n}", ifname=MGMT_IF)
+            att.ipv4, att.ipv6 = _mgmt_statics(topo, n, node, mnet, taken)  # type: ignore[assignment]
             mnet.members.append(att)
             by_node[n].append(att)  # last, so it never shifts the ethN numbering
         nets[MGMT] = mnet
+    else:
+        for n, node in topo.nodes.items():
+            if node.mgmt_ipv4 or node.mgmt_ipv6:
+                key = "mgmt_ipv4" if node.mgmt_ipv4 else "mgmt_ipv6"
+                raise _err(f"nodes.{n}.{key}", "a management address needs management: true",
+                           "set management: true or remove the address")
     _name_interfaces(by_node)
     _check_static(topo, nets)
     return Layout(topo=topo, nets=nets, by_node=by_node)
+
+
+def _mgmt_gateways(topo: Topology, mnet: Net) -> list[ipaddress.IPv4Address |
+                                                      ipaddress.IPv6Address]:
+    """The management gateways, checked against their pools: a gateway
+    outside the management network would reserve nothing."""
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for key, gw, pfx, enabled in (("mgmt_gateway4", topo.mgmt_gateway4, mnet.prefix4, topo.ipv4),
+                                  ("mgmt_gateway6", topo.mgmt_gateway6, mnet.prefix6, topo.ipv6)):
+        if gw is None or not enabled:
+            continue
+        ip = ipaddress.ip_address(gw)
+        if pfx is None or ip not in pfx:
+            raise _err(key, f"gateway {ip} is outside the management network {pfx}",
+                       "use an address of pools.mgmt4/pools.mgmt6")
+        out.append(ip)
+    return out
+
+
+def _mgmt_statics(topo: Topology, n: str, node: Node, mnet: Net, taken: dict[object, str]
+                  ) -> tuple[ipaddress.IPv4Interface | None, ipaddress.IPv6Interface | None]:
+    """A node's static management addresses, as interfaces of the management
+    network; checked here, where the path can name the field."""
+    out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface | None] = []
+    for fam, value, pfx, enabled in ((4, node.mgmt_ipv4, mnet.prefix4, topo.ipv4),
+                                     (6, node.mgmt_ipv6, mnet.prefix6, topo.ipv6)):
+        where = f"nodes.{n}.mgmt_ipv{fam}"
+        if value is None:
+            out.append(None)
+            continue
+        if not enabled:
+            raise _err(where, f"IPv{fam} is disabled for this topology",
+                       f"set ipv{fam}: true or remove the address")
+        ip = ipaddress.ip_address(value)
+        assert pfx is not None
+        if ip not in pfx:
+            raise _err(where, f"{ip} is outside the management network {pfx}",
+                       f"use an address of pools.mgmt{fam}")
+        if fam == 4 and pfx.num_addresses > 2 and ip in (pfx.network_address,
+                                                        pfx.broadcast_address):
+            raise _err(where, f"{ip} is the network or broadcast address of {pfx}",
+                       "pick a host address")
+        if ip in taken:
+            raise _err(where, f"management address {ip} is used twice",
+                       f"also at {taken[ip]}")
+        taken[ip] = where
+        out.append(ipaddress.ip_interface((ip, pfx.prefixlen)))
+    return out[0], out[1]  # type: ignore[return-value]
 
 
 def _attach(ep: Endpoint, net: str, where: str) -> Attach:

@@ -125,3 +125,39 @@ def test_netconf_imports_nothing_else_from_nixslave() -> None:
     pkg = Path(__file__).parents[2] / "nixslave" / "netconf"
     for src in pkg.rglob("*.py"):
         assert not re.search(r"^\s*(from|import)\s+nixslave\b", src.read_text(), re.M), src
+
+
+def test_plan_json_is_streamed_one_entry_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan --json` writes node by node: the document equals the plan's
+    to_dict, and every node and network is one line of its own."""
+    from nixslave.netconf import load_topology, plan
+
+    src = DATA / "leaf-spine" / "input.yml"
+    rc, out, _ = run(["plan", str(src), "--json"], capsys)
+    assert rc == 0
+    p = plan(load_topology(src))
+    assert json.loads(out) == json.loads(json.dumps(p.to_dict()))
+    lines = out.splitlines()
+    for name in p.nodes:
+        assert sum(ln.startswith(f'"{name}": {{') for ln in lines) == 1, name
+    assert lines[0] == "{" and lines[-1] == "}"
+
+
+def test_yaml_loader_keeps_its_checks(tmp_path: Path) -> None:
+    """The libyaml loader refuses what the pure-Python one refused: duplicate
+    keys (also under a merge key), and deep nesting before composing."""
+    from nixslave.netconf import TopologyError, load_topology
+
+    f = tmp_path / "t.yml"
+    f.write_text("name: x\nnodes:\n  a: {}\n  a: {kind: router}\n")
+    with pytest.raises(TopologyError, match="duplicate key 'a'") as info:
+        load_topology(f)
+    assert info.value.where.endswith("line 4")
+    f.write_text("name: x\nbase: &b {kind: router}\nnodes:\n  r1: {<<: *b, id: 3}\n")
+    with pytest.raises(TopologyError, match="unknown option 'base'"):
+        load_topology(f)  # the alias and merge were read; the schema refuses 'base'
+    f.write_text("name: x\nnodes:\n  r1: {<<: {kind: router}, id: 3}\n")
+    assert load_topology(f).nodes["r1"].kind == "router"
+    f.write_text("name: x\nnodes: " + "[" * 65 + "]" * 65 + "\n")
+    with pytest.raises(TopologyError, match="nested too deeply"):
+        load_topology(f)

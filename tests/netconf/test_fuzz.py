@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nixslave.netconf import NetconfError, load_topology, plan, topology_from_data
+from nixslave.netconf.clab import import_clab_lab
 from nixslave.netconf.export import to_dot, to_mermaid, to_node_link_json
-from nixslave.netconf.importers import import_clab, import_netlab
+from nixslave.netconf.netlab import import_netlab_lab
 
 from .helpers import check_unique
 
@@ -283,12 +284,20 @@ def test_files_load_or_refuse(files: Path, file: tuple[str, bytes]) -> None:
 
 CLAB_NODES = ["srl1", "srl2", "R_1", "br-lan", "client1", "host", "ceos1"]
 CLAB_KINDS = ["nokia_srlinux", "linux", "bridge", "ovs-bridge", "arista_ceos"]
-CLAB_IFACES = ["e1-1", "eth1", "eth2", "ethernet-1/1"]
+CLAB_IFACES = ["e1-1", "eth1", "eth2", "ethernet-1/1", "e1-1x-very-long-name"]
+CLAB_SPECIAL = ["host:veth-a", "host:veth-b", "macvlan:enp3s0", "mgmt-net:m1"]
 
 
 def clab_well_formed(rnd: Random) -> dict[str, Any]:
     nodes = {n: {"kind": rnd.choice(CLAB_KINDS)} if rnd.random() < 0.5 else {}
              for n in rnd.sample(CLAB_NODES, rnd.randint(1, 6))}
+    for spec in nodes.values():
+        if rnd.random() < 0.15:
+            spec["group"] = rnd.choice(["spines", "edge", "nope"])
+        if rnd.random() < 0.1:
+            spec["mgmt-ipv4"] = rnd.choice(["172.20.20.5", "192.0.2.7", "10.1.0.1"])
+        if rnd.random() < 0.1:
+            spec["image"] = rnd.choice(["frrouting/frr", "alpine"])
     links: list[Any] = []
     for _ in range(rnd.randint(0, 7)):
         ends: list[Any] = []
@@ -299,22 +308,39 @@ def clab_well_formed(rnd: Random) -> dict[str, Any]:
                 ends.append(f"{node}:{iface}")
             else:
                 opts = _some(rnd, {k: v for k, v in ENDPOINT_OPTS.items() if k != "ifname"})
+                if rnd.random() < 0.2:
+                    opts["vars"] = {"ipv4": rnd.choice(ADDR4), "note": "x"}
                 ends.append({"node": node, "interface": iface, **opts})
+        if rnd.random() < 0.15:
+            ends[1] = rnd.choice(CLAB_SPECIAL)
         link: dict[str, Any] = {"endpoints": ends}
         if rnd.random() < 0.25:
             link["ipv4"] = rnd.sample(ADDR4, 2)
+        if rnd.random() < 0.1:
+            link["vars"] = {"ipv6": rnd.sample(ADDR6, 2), "cost": 5}
         if rnd.random() < 0.15:
             link["mtu"] = rnd.choice([9000, "9000", 1400])
         if rnd.random() < 0.1:
             link["type"] = rnd.choice(["veth", "host", "macvlan"])
+        if rnd.random() < 0.1:  # the one-ended kinds
+            kind = rnd.choice(["host", "macvlan", "dummy", "vxlan", "mgmt-net"])
+            link = {"type": kind, "endpoint": {"node": pair[0], "interface": "eth7"},
+                    "host-interface": rnd.choice(["enp3s0", "veth-x"])}
         links.append(link)
     lab: dict[str, Any] = {"name": rnd.choice(["lab", "Lab_1"]),
                            "topology": {"nodes": nodes, "links": links}}
     if rnd.random() < 0.5:
         lab["topology"]["defaults"] = {"kind": rnd.choice(CLAB_KINDS)}
     if rnd.random() < 0.3:
+        lab["topology"]["groups"] = {"spines": {"kind": rnd.choice(CLAB_KINDS)},
+                                     "edge": {"image": "frrouting/frr"}}
+    if rnd.random() < 0.2:
+        lab["topology"]["kinds"] = {"linux": {"image": rnd.choice(["frrouting/frr", "alpine"])}}
+    if rnd.random() < 0.3:
         lab["mgmt"] = {"ipv4-subnet": rnd.choice(["192.0.2.0/24", "10.1.0.0/30"]),
                        "ipv6-subnet": rnd.choice(POOLS["mgmt6"] + ["2001:db8:c1ab::/64"])}
+        if rnd.random() < 0.3:
+            lab["mgmt"]["ipv4-gw"] = rnd.choice(["192.0.2.1", "192.0.2.254", "10.1.0.2"])
     return lab
 
 
@@ -324,32 +350,50 @@ def clab_labs(draw: st.DrawFn) -> Any:
 
 
 NETLAB_NODES = ["r1", "r2", "core-1", "edge", "h1", "R_1", "r3"]
+NETLAB_IFADDR = [*ADDR4, "198.51.100.9", 3, True, False, "2001:db8::9"]
 
 
 def netlab_well_formed(rnd: Random) -> dict[str, Any]:
     names = rnd.sample(NETLAB_NODES, rnd.randint(1, 6))
     nodes: Any = {n: {"device": rnd.choice(["frr", "linux", "eos"])}
                   if rnd.random() < 0.5 else None for n in names}
+    for spec in nodes.values():
+        if spec is not None and rnd.random() < 0.2:
+            spec[rnd.choice(["bgp.as", "ospf.area", "mtu", "id", "role"])] = rnd.choice(
+                [65000, "0.0.0.0", 1400, 3, "host"])
     if rnd.random() < 0.25:
         nodes = list(names)
     links: list[Any] = []
     for _ in range(rnd.randint(0, 7)):
         members = rnd.sample(names, min(len(names), rnd.choice([1, 2, 2, 2, 3])))
-        form = rnd.randint(0, 3)
+        form = rnd.randint(0, 4)
         if form == 0:
-            links.append("-".join(members))
+            links.append(rnd.choice(["-", " - "]).join(members))
         elif form == 1:
             links.append(members)
+        elif form == 4:
+            links.append({"group": "g", "members": ["-".join(members)],
+                          "mtu": rnd.choice([1400, 9000])})
         else:
             attrs: dict[str, Any] = {}
             if rnd.random() < 0.5:
-                attrs["prefix"] = rnd.choice([*V4, *V6, {"ipv4": rnd.choice(V4)},
+                attrs["prefix"] = rnd.choice([*V4, *V6, {"ipv4": rnd.choice(V4)}, False, "named",
                                               {"ipv4": rnd.choice(V4), "ipv6": rnd.choice(V6)}])
             if rnd.random() < 0.2:
                 attrs["mtu"] = rnd.choice([1400, "9000"])
             if rnd.random() < 0.2:
-                attrs["type"] = "lan"
+                attrs["type"] = rnd.choice(["lan", "p2p", "stub", "loopback"])
+            if rnd.random() < 0.15:
+                attrs[rnd.choice(["pool", "role"])] = rnd.choice(["core", "lan", "p2p"])
+            if rnd.random() < 0.1:
+                attrs["unnumbered"] = True
+            if rnd.random() < 0.15:
+                attrs[rnd.choice(["ospf.cost", "name", "bridge", "bandwidth"])] = rnd.choice(
+                    [10, "uplink", "br_1", 1000])
             specs = [{"node": m, **_some(rnd, ENDPOINT_OPTS, 0.2)} for m in members]
+            for spec in specs:
+                if rnd.random() < 0.15:
+                    spec["ipv4"] = rnd.choice(NETLAB_IFADDR)
             if form == 2:
                 attrs["interfaces"] = specs
             else:
@@ -361,8 +405,22 @@ def netlab_well_formed(rnd: Random) -> dict[str, Any]:
     if rnd.random() < 0.3:
         lab["addressing"] = {"lan": {"ipv4": rnd.choice(POOLS["lan4"]), "prefix": 26},
                              "p2p": {"ipv6": rnd.choice(POOLS["p2p6"])}}
+        if rnd.random() < 0.5:
+            lab["addressing"]["core"] = {"ipv4": "10.200.0.0/24", "prefix": rnd.choice([30, 31])}
+        if rnd.random() < 0.3:
+            for pool in ("lan", "p2p"):
+                lab["addressing"][pool]["ipv4"] = False
+            lab["addressing"]["loopback"] = {"ipv4": False, "ipv6": "2001:db8:ff:1::/64"}
+    if rnd.random() < 0.2:
+        lab["prefix"] = {"named": {"ipv4": rnd.choice(V4)}}
     if rnd.random() < 0.25:
         lab["defaults"] = {"device": "linux"}
+    elif rnd.random() < 0.3:
+        lab["defaults.device"] = "frr"
+    if rnd.random() < 0.25:
+        lab["groups"] = {"g1": {"members": [*rnd.sample(names, 1), "extra"],
+                                "device": rnd.choice(["frr", "linux"]), "module": ["ospf"]},
+                         "_auto_create": rnd.random() < 0.7}
     return lab
 
 
@@ -375,23 +433,30 @@ def import_or_refuse(importer: Any, data: Any) -> None:
     """Import, then write (as the CLI does) and plan the result; anything
     but a NetconfError fails the test."""
     try:
-        out = importer(data, source="lab.yml")
+        imported = importer(data, source="lab.yml")
     except NetconfError as exc:
         assert exc.what and exc.hint and "\n" not in str(exc), exc
         return
+    out = imported.data
     text = yaml.safe_dump(out, sort_keys=False)
     assert yaml.safe_load(text) == out
     json.dumps(out)
+    for w in imported.warnings:  # one line each, naming the lab's keys
+        assert "\n" not in w.line() and w.keys
+    try:
+        imported.check()
+    except NetconfError as exc:  # named at the lab file, whatever went wrong
+        assert exc.where.startswith("lab.yml (imported)"), exc
     plan_or_refuse(out)
 
 
 @fuzz(3000)
 @given(clab_labs())
 def test_clab_import_or_refuse(data: Any) -> None:
-    import_or_refuse(import_clab, data)
+    import_or_refuse(import_clab_lab, data)
 
 
 @fuzz(3000)
 @given(netlab_labs())
 def test_netlab_import_or_refuse(data: Any) -> None:
-    import_or_refuse(import_netlab, data)
+    import_or_refuse(import_netlab_lab, data)

@@ -53,6 +53,12 @@ CASES: dict[str, Case] = {
     "yaml-mappings-nested-10000": Case(("plan", "{d}/t.yml"), r"nested too deeply",
                                        t("t.yml", "name: x\nnodes: " + "{a: " * 10000 + "1"
                                          + "}" * 10000)),
+    # libyaml composes by recursion in C, without Python's limit: this depth
+    # would overflow the C stack (a crash, not an error) if it got that far
+    "yaml-nested-300000": Case(("plan", "{d}/t.yml", "--json"), r"nested too deeply",
+                               t("t.yml", "name: x\nnodes: " + "[" * 300000 + "]" * 300000)),
+    "yaml-block-nested-100000": Case(("validate", "{d}/t.yml"), r"nested too deeply",
+                                     t("t.yml", "name: x\nnodes:\n" + "- " * 100000 + "x\n")),
     "json-nested-10000": Case(("validate", "{d}/t.json"), r"nested too deeply",
                               t("t.json", '{"nodes": ' + "[" * 10000 + "]" * 10000 + "}")),
     "toml-nested-10000": Case(("validate", "{d}/t.toml"), r"nested too deeply",
