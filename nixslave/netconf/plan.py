@@ -403,7 +403,8 @@ def gc_paused() -> Iterator[None]:
     millions of small objects that form no cycles (addresses, routes,
     dicts), and each full collection rescans the whole growing heap: for a
     100,000-node lab that is half of the planning time, spent finding no
-    garbage that reference counting does not free anyway."""
+    garbage that reference counting does not free anyway. The switch is
+    process-wide, so it is held only for the duration and then restored."""
     was = gc.isenabled()
     gc.disable()
     try:
