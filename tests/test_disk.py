@@ -381,3 +381,28 @@ def test_compression_is_applied(tmp_path: Path) -> None:
     assert a.store_image is not None
     assert _check(a.store_image).get("compressed-clusters", 0) > 20
     assert _info(a.store_image)["format-specific"]["data"]["compression-type"] == "zstd"  # type: ignore[index]
+
+
+def test_a_held_build_survives_a_rebuild(tmp_path: Path) -> None:
+    """Bug: the sweep removes the build a running guest uses (its share or store
+    disk vanishes under qemu), or an overlay's base build after a rebuild of the
+    base.  Both are kept while held or referenced, and swept once they are not."""
+    from nixslave.backends import publish
+
+    out = tmp_path / "h.qcow2"
+    a = DiskBackend().materialize(_root(layout="shared"), out, DiskOptions(gcroot=False))
+    fd = publish.hold(a.image.parent)
+    try:
+        DiskBackend().materialize(_root(layout="shared"), out, DiskOptions(gcroot=False))
+        assert a.share_dir is not None and a.share_dir.is_dir()  # still held: kept
+    finally:
+        os.close(fd)
+    b = DiskBackend().materialize(_root(layout="shared"), out, DiskOptions(gcroot=False))
+    assert not a.image.parent.exists() and b.image.parent.exists()
+    # an overlay keeps its base build alive across rebuilds of the base
+    base = tmp_path / "p.qcow2"
+    DiskBackend().materialize(_root(), base, DiskOptions(overlay=tmp_path / "i.qcow2",
+                                                         gcroot=False))
+    backing = Path(_info(tmp_path / "i.qcow2")["backing-filename"])
+    DiskBackend().materialize(_root(), base, DiskOptions(gcroot=False))
+    assert backing.exists() and os.path.realpath(base) != str(backing)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -82,9 +83,12 @@ def _overlay_refs(build: Path) -> bool:
     if not refs.exists():
         return False
     for line in refs.read_text().splitlines():
-        p = Path(line)
-        with contextlib.suppress(OSError):
-            if p.is_symlink() and Path(os.path.realpath(p)).parent == build.resolve():
+        # The overlay is published in its own build; its sidecar names the
+        # base image it backs onto.
+        sidecar = Path(os.path.realpath(line) + ".nixslave.json")
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            backing = json.loads(sidecar.read_text()).get("extra", {}).get("backing", "")
+            if Path(backing).parent == build.resolve():
                 return True
     return False
 
