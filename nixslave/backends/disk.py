@@ -291,7 +291,7 @@ class DiskBackend:
         return {"kernel": kernel, "initrd": initrd}
 
     def _store_disk(self, root: Root, out: Path, opts: DiskOptions, work: Path,
-                    say: Progress) -> Path:
+                    say: Progress, target: Path | None = None) -> Path:
         say("making the read-only store disk")
         store_tree = work / "store-tree"
         store_tree.mkdir(mode=0o755)
@@ -304,7 +304,7 @@ class DiskBackend:
                    journal=False, fs_uuid=derived_uuid(root.toplevel, root.spec.name, "store"),
                    inodes=usage.inodes + 256)
         normalize_inode_times(raw)
-        target = store_image_path(out)
+        target = target or store_image_path(out)
         self._emit(raw, target, DiskOptions(format=opts.format, cluster_size=opts.cluster_size,
                                             compression=opts.compression), work)
         return target

@@ -85,12 +85,15 @@ def _payload(toplevel: str) -> int:
 
 
 def esp_size(toplevel: str) -> int:
-    """An ESP that holds the UKI with room for FAT's tables.
+    """An ESP that holds two UKIs with room for FAT's tables.
 
     Computed from the input sizes before anything is built, so that --size
     can be checked up front; the UKI is a few pages larger than its parts.
+    Room for a second one lets an offline upgrade write the new UKI beside
+    the old and switch with a rename (see nixslave.image.upgrade); the
+    unused half costs no bytes in a qcow2 or a sparse raw file.
     """
-    need = _payload(toplevel) + 64 * 1024
+    need = 2 * (_payload(toplevel) + 64 * 1024)
     return max(ESP_MIN, round_up(need + need // 32 + 2 * MIB, MIB))
 
 
