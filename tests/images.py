@@ -120,3 +120,105 @@ ROOT_OUTSIDE_STORE = frozenset({
     "/nix", "/nix/store", "/nix/var", "/nix/var/nix", "/nix/var/nix/profiles",
     "/nix/var/nix/profiles/system", "/nix/var/nixslave", "/nix/var/nixslave/manifest.json",
 })
+
+
+# -- foreign disks that install writes into ------------------------------------
+# Made on the host with sfdisk, mkfs.ext4 -E offset= and cryptsetup, like the
+# rest of this file: no appliance launch.
+
+NOTES = b"user's notes: keep me\n\x00\x01\xfe\xff binary tail\n"
+
+
+def debian_tree(work: Path, name: str = "debian-tree") -> Path:
+    """A small Debian-like tree whose bytes the tests know."""
+    tree = work / name
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/debian_version").write_text("12.8\n")
+    (tree / "home/user").mkdir(parents=True)
+    (tree / "home/user/notes.txt").write_bytes(NOTES)
+    return tree
+
+
+def partitioned_disk(img: Path, size_mib: int, parts: list[int], *,
+                     table: str = "dos") -> list[tuple[int, int]]:
+    """A blank disk with Linux partitions of ``parts`` MiB each, from 1 MiB on.
+
+    Returns each partition's (offset, size) in bytes; the rest of the disk
+    stays free.  ``table`` is sfdisk's label: dos or gpt.
+    """
+    with img.open("wb") as f:
+        f.truncate(size_mib * MiB)
+    lines, out, start = [f"label: {table}"], [], MiB
+    for size in parts:
+        lines.append(f"start={start // 512}, size={size * MiB // 512}, type=L")
+        out.append((start, size * MiB))
+        start += size * MiB
+    _run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", img, stdin="\n".join(lines) + "\n")
+    return out
+
+
+def put_ext4(img: Path, part: tuple[int, int], *, label: str, tree: Path | None = None) -> None:
+    """An ext4 file system filling partition ``part`` (offset, size) of ``img``."""
+    offset, size = part
+    populate = ["-d", str(tree)] if tree is not None else []
+    _run("mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", f"offset={offset}",
+         *populate, img, f"{size // 1024}k")
+
+
+def put_luks(img: Path, part: tuple[int, int], work: Path) -> None:
+    """A real LUKS1 header at the start of partition ``part`` (cryptsetup on a scratch file)."""
+    offset, size = part
+    scratch, key = work / "luks.scratch", work / "luks.key"
+    key.write_bytes(b"not a secret")
+    with scratch.open("wb") as f:
+        f.truncate(size)
+    _run("cryptsetup", "luksFormat", "-q", "--batch-mode", "--type", "luks1",
+         "--pbkdf-force-iterations", "1000", "--key-file", key, scratch)
+    header = scratch.read_bytes()[: 4 * MiB]
+    with img.open("r+b") as f:
+        f.seek(offset)
+        f.write(header)
+    scratch.unlink()
+    key.unlink()
+
+
+def existing_disk(work: Path, name: str, *, size_mib: int, table: str = "dos",
+                  parts: tuple[int, ...] = (64,)) -> tuple[Path, list[tuple[int, int]]]:
+    """Someone's disk: partition 1 holds ext4 "data" with a Debian-like tree.
+
+    Further partitions are left blank, and so is the space after the last.
+    """
+    img = work / f"{name}.raw"
+    layout = partitioned_disk(img, size_mib, list(parts), table=table)
+    put_ext4(img, layout[0], label="data", tree=debian_tree(work, f"{name}-tree"))
+    return img, layout
+
+
+def extended_disk(work: Path) -> tuple[Path, list[tuple[int, int]]]:
+    """MBR: partition 1 is an extended container; logical partition 5 in it holds ext4.
+
+    Returns the image and the (offset, size) of partitions 1 and 5.
+    """
+    img = work / "extended.raw"
+    with img.open("wb") as f:
+        f.truncate(96 * MiB)
+    _run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", img,
+         stdin="label: dos\nstart=2048, size=180224, type=5\nstart=4096, size=131072, type=83\n")
+    logical = (4096 * 512, 131072 * 512)
+    put_ext4(img, logical, label="data")
+    return img, [(2048 * 512, 180224 * 512), logical]
+
+
+def plant(img: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes of ``img`` in place (boot code, stray data)."""
+    with img.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def mark_unclean(img: Path, offset: int) -> None:
+    """Flag the ext4 at ``offset`` as needing journal recovery, as after a crash.
+
+    Mounting it read-only on a writable device replays the journal: a write.
+    """
+    _run("debugfs", "-w", "-R", "feature needs_recovery", f"{img}?offset={offset}")

@@ -111,6 +111,9 @@ def inspect(images: list[Path] = typer.Argument(..., help="Images to inspect."),
             store_image: Path = typer.Option(None, "--store-image",
                                              help="The store disk of a store-disk image "
                                                   "(default: the one its build made)."),
+            health: bool = typer.Option(False, "--health", help="Also check the file system, "
+                                        "the store's NAR hashes and the boot configuration "
+                                        "(read-only)."),
             json_out: bool = JSON) -> None:
     """Recognise NixOS or nixslave images offline (libguestfs) and report on them.
 
@@ -127,7 +130,8 @@ def inspect(images: list[Path] = typer.Argument(..., help="Images to inspect."),
     reports: list[dict[str, object]] = []
     for image in images:
         try:
-            reports.append(inspect_image(image, store_image=store_image).to_json())
+            reports.append(inspect_image(image, store_image=store_image,
+                                         health=health).to_json())
         except NixslaveError as exc:
             reports.append({"path": str(image), "error": format_error(exc)})
     if json_out:
@@ -156,3 +160,124 @@ def safe_text(text: str) -> str:
     escapes them already.
     """
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _source(demo: bool, config: Path | None, nixpkgs: Path | None, toplevel: str | None,
+            flake: str | None) -> dict[str, object]:
+    """The new system's source; empty means: the image's own spec, built again."""
+    source: dict[str, object] = {}
+    for key, value in (("demo", demo or None), ("config", config), ("toplevel", toplevel),
+                       ("flake", flake), ("nixpkgs", nixpkgs)):
+        if value is not None:
+            source[key] = str(value) if isinstance(value, Path) else value
+    if sum(k in source for k in ("demo", "config", "toplevel", "flake")) > 1:
+        raise typer.BadParameter("give at most one of --demo, --config, --toplevel, --flake")
+    return source
+
+
+def _lines(pairs: list[tuple[str, object]]) -> None:
+    for key, value in pairs:
+        if value not in (None, "", [], 0) or key in ("changed",):
+            print(f"{key:>16}: {safe_text(str(value))}")
+
+
+@app.command("upgrade")
+def upgrade(image: Path = typer.Argument(..., help="The stopped image to upgrade."),
+            demo: bool = DEMO, config: Path = CONFIG, nixpkgs: Path = NIXPKGS,
+            toplevel: str = TOPLEVEL, flake: str = FLAKE,
+            gc: bool = typer.Option(False, "--gc", help="Remove store paths the new system "
+                                    "does not use."),
+            json_out: bool = JSON) -> None:
+    """Copy only the missing store paths into a stopped image, then switch it atomically.
+
+    Without a source option the image's own spec is built again (a no-op
+    when nothing changed).  A process killed at any moment leaves an image
+    that boots the old or the new system.
+    """
+    from nixslave.image.upgrade import upgrade as do_upgrade
+
+    report = do_upgrade(image, source=_source(demo, config, nixpkgs, toplevel, flake), gc=gc,
+                        progress=progress_printer(json_out))
+    if json_out:
+        emit_json(report.to_json())
+        return
+    d = report.to_json()
+    _lines([(k, d[k]) for k in ("old_toplevel", "new_toplevel", "changed", "paths_added",
+                                "bytes_added", "paths_removed", "registered", "store_image",
+                                "cmdline", "seconds")])
+
+
+@app.command("repair")
+def repair(image: Path = typer.Argument(..., help="The stopped image to check and repair."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Check and report; the "
+                                        "image is opened read-only."),
+           no_backup: bool = typer.Option(False, "--no-backup", help="Raw images: no safety "
+                                          "copy (qcow2 always gets an internal snapshot)."),
+           store_image: Path = typer.Option(None, "--store-image", help="The store disk of "
+                                            "a store-disk image (default: its build's)."),
+           json_out: bool = JSON) -> None:
+    """Check the file system, store (NAR hashes), system link and boot loader, and fix them.
+
+    Exit 0 when the image is (now) healthy, 1 when something could not be
+    fixed, or, with --dry-run, when something would be changed.
+    """
+    from nixslave.image.repair import repair as do_repair
+
+    report = do_repair(image, dry_run=dry_run, backup=not no_backup, store_image=store_image,
+                       progress=progress_printer(json_out))
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        if report.backup:
+            print(f"to go back: {report.backup}")
+        for f in report.findings:
+            mark = "would fix" if dry_run and f.fixed else ("fixed" if f.fixed else "NOT FIXED")
+            print(f"{mark:>9}  {f.check}: {safe_text(f.problem)} -> {safe_text(f.action)}")
+        for p in report.missing_on_host:
+            print(f"  missing on the host too: {p}")
+        print(f"{len(report.findings)} findings; store verified: {report.verified_paths} "
+              f"paths, {report.verified_bytes / 2**20:.1f} MiB at {report.verify_mb_per_s} "
+              "MiB/s")
+    if not report.healthy or (dry_run and not report.clean):
+        raise typer.Exit(1)
+
+
+@app.command("install")
+def install(into: Path = typer.Option(..., "--into", help="An existing disk image."),
+            partition: int = typer.Option(None, "--partition", min=1, help="Install into "
+                                          "this (empty) partition."),
+            new_partition: bool = typer.Option(False, "--new-partition", help="Create a "
+                                               "partition in the free space at the end."),
+            force: bool = typer.Option(False, "--force", help="Overwrite a partition that "
+                                       "holds files."),
+            name: str = typer.Option("demo", "--name", "-n", help="Machine name."),
+            demo: bool = DEMO, config: Path = CONFIG, nixpkgs: Path = NIXPKGS,
+            toplevel: str = TOPLEVEL, flake: str = FLAKE, with_nix: bool = WITH_NIX,
+            memory: int = typer.Option(512, "--memory", help="Guest memory in MiB."),
+            cpus: int = typer.Option(1, "--cpus"),
+            json_out: bool = JSON) -> None:
+    """Install a slave root into an existing image without touching its other partitions.
+
+    The root boots directly (the host passes kernel and command line);
+    a sidecar beside the image lets `nixslave run` boot it.
+    """
+    from nixslave import root as rootmod
+    from nixslave.image.install import install as do_install
+    from nixslave.image.target import open_target
+
+    if (partition is None) == (not new_partition):
+        raise typer.BadParameter("give exactly one of --partition N and --new-partition")
+    open_target(into, write=True)  # a missing, locked or damaged target before a long build
+    spec = MachineSpec.parse(spec_data(name=name, demo=demo, config=config, nixpkgs=nixpkgs,
+                                       toplevel=toplevel, flake=flake, with_nix=with_nix,
+                                       layout="disk", boot="direct", memory=memory,
+                                       cpus=cpus))
+    say = progress_printer(json_out)
+    root = rootmod.build(spec, progress=say)
+    report = do_install(into, root, partition=partition, new_partition=new_partition,
+                        force=force, progress=say)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        print(f"{report.image}: partition {report.partition}, {report.size / 2**20:.0f} MiB "
+              f"at {report.start / 2**20:.0f} MiB; boot it with: nixslave run {report.image}")

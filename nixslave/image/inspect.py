@@ -90,6 +90,7 @@ class ImageReport:
     has_nix_db: bool = False
     generations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    health: dict[str, Any] | None = None  # with health=True: see nixslave.image.repair.Health
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, every key always present, so scripts can rely on them."""
@@ -174,9 +175,22 @@ def _built_store_image(path: Path) -> Path | None:
     return a.store_image if a.store_image is not None and a.store_image.exists() else None
 
 
-def inspect_image(path: Path, *, store_image: Path | None = None) -> ImageReport:
-    """Inspect ``path`` (and the store image of a store-disk layout) in one launch."""
+def inspect_image(path: Path, *, store_image: Path | None = None,
+                  health: bool = False) -> ImageReport:
+    """Inspect ``path`` (and the store image of a store-disk layout) in one launch.
+
+    ``health`` adds a second, read-only pass: the repair's checks (file
+    system, NAR hashes of the store, boot configuration) on a throwaway
+    overlay.
+    """
     path = Path(path)
+    if health:
+        from nixslave.image.repair import health as check_health
+
+        report = inspect_image(path, store_image=store_image)
+        if report.is_nixos:
+            report.health = check_health(path, store_image=store_image).to_json()
+        return report
     info = probe_image(path)
     drives = [(path, str(info["format"]))]
     if store_image is None:

@@ -350,3 +350,32 @@ def _nix_db(s: Session, manifest: dict[str, Any], report: RepairReport) -> None:
     if s.g.is_file(wal):
         s.g.rm(wal)
     report.add("nix database", f"{len(lacking)} store paths are not registered", "registered")
+
+
+@dataclass
+class Health:
+    """The health summary `inspect --health` prints: a dry-run repair, condensed."""
+
+    filesystem: str          # clean | errors
+    store: str               # verified | damaged | incomplete on host | not checked
+    boot: str                # consistent | inconsistent
+    state: str               # clean | stale files
+    verified_paths: int
+    findings: list[Finding]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def health(image: Path, *, store_image: Path | None = None) -> Health:
+    """Check ``image`` without writing it (every write goes to a throwaway overlay)."""
+    r = repair(image, dry_run=True, store_image=store_image)
+    checks = {f.check for f in r.findings}
+    store_bad = checks & {"store", "store modes", "store owners", "store disk"}
+    return Health(
+        filesystem="errors" if "filesystem" in checks else "clean",
+        store=("damaged" if store_bad else "verified" if r.verified_paths else "not checked"),
+        boot="inconsistent" if checks & {"boot loader", "system link", "manifest",
+                                         "label", "fstab"} else "consistent",
+        state="stale files" if checks & {"stale state", "leftovers"} else "clean",
+        verified_paths=r.verified_paths, findings=r.findings)

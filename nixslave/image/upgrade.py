@@ -85,6 +85,9 @@ def upgrade(image: Path, *, root: Root | None = None, source: dict[str, Any] | N
     say = progress or (lambda _m: None)
     start = time.monotonic()
     t = open_target(Path(image), write=True)
+    if root is not None and t.artifact is not None:
+        # refused before the launch: the sidecar knows the layout and boot too
+        _check_compatible({"layout": t.artifact.layout, "boot": t.artifact.boot}, root, t)
     with exclusive(t):
         _sweep_host(t)
         with open_session([(t.image, t.format)], t.where) as s:
@@ -167,11 +170,14 @@ def _in_image(s: Session, t: Target, manifest: dict[str, Any], root: Root,
         # the store is outside the root disk: a union store first, so that
         # both systems find their paths whatever the boot entry says
         _switch_outer_store(t, manifest, root, report, union=True, say=say)
+    say("registering the paths")
     report.registered = _register(s, root)
-    say("switching the system")
+    say("switching the boot entry")
     _switch_boot(s, t, root)
+    say("writing the manifest")
     s.write_file(s.p(MANIFEST), (json.dumps(root.manifest(), indent=2, sort_keys=True)
                                  + "\n").encode())
+    say("switching the system link")
     s.set_link(s.p("nix/var/nix/profiles/system"), root.toplevel)
     s.g.sync()
     if gc:
@@ -342,6 +348,7 @@ def _fill_share(share: Path, paths: list[str], *, prune: bool) -> int:
 def _host_side(t: Target, manifest: dict[str, Any], root: Root, report: UpgradeReport,
                *, gc: bool, say: Progress) -> None:
     spec = root.spec
+    say("switching the host's side")
     report.cmdline = boot.cmdline(root.toplevel, spec)
     a = t.artifact
     if a is not None:
