@@ -8,6 +8,7 @@ itself would have to use it (see nixslave.accel).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 
 from nixslave import accel, rundir
 from nixslave.errors import ToolError
+
+# Handles are created under a lock: XDG_RUNTIME_DIR is process-wide, and a
+# second thread's handle must not pick up the first one's run directory.
+_CREATE = threading.Lock()
 
 
 @contextmanager
@@ -39,15 +44,16 @@ def guestfs_handle(env: dict[str, str] | None = None, *,
         # rundir.stale_guestfs_sockdirs) and its temporary files under
         # tmpdir: both in an entry of nixslave's run directory, which a
         # later sweep removes if this process is killed mid-launch.
-        saved = os.environ.get("XDG_RUNTIME_DIR")
-        os.environ["XDG_RUNTIME_DIR"] = str(run)
-        try:
-            g = guestfs.GuestFS(python_return_dict=True)
-        finally:
-            if saved is None:
-                os.environ.pop("XDG_RUNTIME_DIR", None)
-            else:
-                os.environ["XDG_RUNTIME_DIR"] = saved
+        with _CREATE:
+            saved = os.environ.get("XDG_RUNTIME_DIR")
+            os.environ["XDG_RUNTIME_DIR"] = str(run)
+            try:
+                g = guestfs.GuestFS(python_return_dict=True)
+            finally:
+                if saved is None:
+                    os.environ.pop("XDG_RUNTIME_DIR", None)
+                else:
+                    os.environ["XDG_RUNTIME_DIR"] = saved
         try:
             g.set_backend(settings.get("LIBGUESTFS_BACKEND", "direct"))
             if extra := settings.get("LIBGUESTFS_BACKEND_SETTINGS"):
