@@ -67,7 +67,17 @@ def probe_image(path: Path) -> dict[str, Any]:
     """
     where = str(path)
     _check_file(path, "the image")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError("the image is empty (0 bytes)", where=where,
+                         hint="pass a disk image; a zero-length file holds nothing")
     top = _qemu_img_info(path, where)
+    if top.get("format") == "raw" and size % 512:
+        # qemu-img calls any file raw; a disk is a whole number of sectors
+        raise ImageError("this is not a disk image (not a whole number of 512-byte sectors)",
+                         where=where, hint="pass the image file, not a text or spec file")
+    if top.get("format") == "qcow2":
+        _check_qcow2_readable(path, where)
     base_dir = path.resolve().parent
     info, current, depth = top, path, 0
     while True:
@@ -88,6 +98,22 @@ def probe_image(path: Path) -> dict[str, Any]:
         current = _beside(backing, current, base_dir, where, "backing file")
         _check_file(current, f"backing file {backing}")
         info = _qemu_img_info(current, where)
+
+
+def _check_qcow2_readable(path: Path, where: str) -> None:
+    """A truncated or corrupt qcow2 is refused before libguestfs reads garbage through it.
+
+    ``qemu-img check`` exits 0 (clean), 3 (leaked clusters: harmless), 2
+    (corruption) or 1 (cannot be checked, e.g. a truncated file); ``-U``
+    lets it read an image a running guest holds.
+    """
+    proc = subprocess.run(["qemu-img", "check", "-U", "-q", "-f", "qcow2", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode not in (0, 3):
+        msg = " ".join(proc.stderr.split())[:200] or f"exit code {proc.returncode}"
+        raise ImageError(f"the qcow2 file is damaged: {msg}", where=where,
+                         hint="restore it from a backup, or try qemu-img check -r all on a "
+                              "copy")
 
 
 def _beside(name: str, current: Path, base_dir: Path, where: str, what: str) -> Path:

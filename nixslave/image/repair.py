@@ -98,21 +98,42 @@ def repair(image: Path, *, dry_run: bool = False, backup: bool = True,
     say = progress or (lambda _m: None)
     start = time.monotonic()
     t = open_target(Path(image), write=not dry_run)
-    report = RepairReport(image=t.where, dry_run=dry_run)
     with exclusive(t):
-        if not dry_run:
-            report.backup = _safety_copy(t, backup, say)
         drives = [(t.image, t.format)]
         store_disk = _store_disk(t, store_image)
         if store_disk is not None:
             drives.append(store_disk)
-        with open_session(drives, t.where, readonly=dry_run, mount=False) as s:
-            say("checking the file system")
-            _fsck(s, report)
-            _label(s, report)
-            mount_root(s)
-            _repair_mounted(s, t, report, store_disk is not None, say)
+        way_back = None
+        if not dry_run and t.format == "qcow2":
+            # An internal snapshot cannot be taken while the appliance holds
+            # the image, and must not be taken of an image that is then
+            # refused: look first (read-only), and write only if needed.
+            look = _repair(t, drives, dry_run=True, backup=False, say=say)
+            if look.clean:
+                look.dry_run = False
+                look.seconds = round(time.monotonic() - start, 2)
+                return look
+            way_back = _safety_copy(t, backup, say)
+        report = _repair(t, drives, dry_run=dry_run, backup=backup, say=say)
+        report.backup = report.backup or way_back
     report.seconds = round(time.monotonic() - start, 2)
+    return report
+
+
+def _repair(t: Target, drives: list[tuple[Path, str]], *, dry_run: bool, backup: bool,
+            say: Progress) -> RepairReport:
+    """One launch: every check, and (unless ``dry_run``) every fix."""
+    report = RepairReport(image=t.where, dry_run=dry_run)
+    with open_session(drives, t.where, readonly=dry_run, mount=False) as s:
+        if not dry_run and t.format != "qcow2":
+            # the session's checks (NixOS, no LUKS) have passed and nothing
+            # has been written yet: the copy is of the original
+            report.backup = _safety_copy(t, backup, say)
+        say("checking the file system")
+        _fsck(s, report)
+        _label(s, report)
+        mount_root(s)
+        _repair_mounted(s, t, report, len(drives) > 1, say)
     return report
 
 
@@ -128,7 +149,7 @@ def _store_disk(t: Target, given: Path | None) -> tuple[Path, str] | None:
 # -- before any write -------------------------------------------------------------
 
 def _safety_copy(t: Target, backup: bool, say: Progress) -> str | None:
-    """A qcow2 internal snapshot, or a copy of a raw image; returns how to go back."""
+    """A qcow2 internal snapshot, or a copy of any other image; returns how to go back."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if t.format == "qcow2":
         name = f"nixslave-repair-{stamp}"
@@ -164,9 +185,11 @@ def _fsck(s: Session, report: RepairReport) -> None:
         report.add("filesystem", f"e2fsck fixed {max(len(fixes), 1)} problems "
                    f"({'; '.join(fixes[:3])[:200]})", "e2fsck -f -y")
     elif rc >= 4:
-        report.add("filesystem", f"e2fsck could not fix the file system (exit {rc})",
+        tail = " ".join(out.split()[-40:])[-300:]
+        report.add("filesystem", f"e2fsck could not fix the file system (exit {rc}): {tail}",
                    "none", fixed=False)
-        raise ImageError("the root file system is damaged beyond e2fsck", where=s.where,
+        raise ImageError(f"the root file system is damaged beyond e2fsck (exit {rc}: "
+                         f"{tail})", where=s.where,
                          hint=f"restore it: {report.backup or 'from a backup'}")
 
 
