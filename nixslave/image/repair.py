@@ -72,7 +72,7 @@ class RepairReport:
     verified_paths: int = 0
     verified_bytes: int = 0
     verify_seconds: float = 0.0
-    verify_mb_per_s: float = 0.0
+    verify_mb_per_s: float = 0.0       # MiB of NAR per second
     seconds: float = 0.0
 
     @property
@@ -178,7 +178,14 @@ def _safety_copy(t: Target, backup: bool, say: Progress) -> str | None:
 # -- the file system ----------------------------------------------------------------
 
 def _fsck(s: Session, report: RepairReport) -> None:
-    out = str(s.g.debug("sh", [f"e2fsck -f -y {s.root[0]} 2>&1; echo rc=$?"]))
+    # The appliance's own device names are not stable (its disks are scanned
+    # in parallel; the API translates names, a shell does not), so the shell
+    # names the file system by its UUID, read through the translating API.
+    uuid = str(s.g.vfs_uuid(s.root[0]))
+    if not uuid or any(c not in "0123456789abcdef-" for c in uuid.lower()):
+        s.g.e2fsck(s.root[0], forceall=True)  # no output to report, but fixed
+        return
+    out = str(s.g.debug("sh", [f"e2fsck -f -y UUID={uuid} 2>&1; echo rc=$?"]))
     rc = int(out.rsplit("rc=", 1)[-1].strip() or 8)
     fixes = [ln.strip() for ln in out.splitlines() if ln.rstrip().endswith(("? yes", "yes"))]
     if rc in (1, 2):
