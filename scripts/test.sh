@@ -5,4 +5,6 @@ set -euo pipefail
 nixslave_setup
 cd "$NIXSLAVE_TOP"
 ruff check nixslave tests bench
-exec python -m pytest -p no:cacheprovider "$@"
+# Two workers, one file each at a time: most tests wait on single-threaded
+# TCG guests, so two cores run two files at once (pass -n 0 to run serially).
+exec python -m pytest -p no:cacheprovider -n 2 --dist loadfile "$@"

@@ -40,7 +40,7 @@ REPORT_KEYS = {
     "toplevel", "system_link", "layout", "store", "boot", "closure_count",
     "closure_nar_size", "store_image", "store_location", "store_paths_present",
     "store_complete", "missing_paths", "extra_paths", "root_fs", "store_fs", "has_nix_db",
-    "generations", "warnings",
+    "generations", "warnings", "health",
 }
 # inspected together in one launch by inspect_images
 BATCH = ("nixos", "plain", "random", "corrupt")

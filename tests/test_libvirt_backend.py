@@ -330,7 +330,14 @@ def test_killed_build_leaves_nothing_at_the_target(tmp_path: Path, stage: str) -
             proc.send_signal(signal.SIGKILL)
             break
     assert proc.wait(timeout=300) == -signal.SIGKILL
-    assert not out.exists() and not out.is_symlink()
+    if out.is_symlink():
+        # The last stage is short: on a loaded machine the kill can land
+        # after the publishing rename.  Then the artifact must be whole.
+        assert stage == "writing the domain and network XML"
+        a = Artifact.load(out)
+        assert all(Path(d).exists() for d in a.extra.get("disks", [])) and a.image.exists()
+    else:
+        assert not out.exists()
     done = subprocess.run([sys.executable, "-c", _KILLED, str(out)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
