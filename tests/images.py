@@ -222,3 +222,15 @@ def mark_unclean(img: Path, offset: int) -> None:
     Mounting it read-only on a writable device replays the journal: a write.
     """
     _run("debugfs", "-w", "-R", "feature needs_recovery", f"{img}?offset={offset}")
+
+
+def debugfs(image: Path, offset: int, *cmds: str, write: bool = False) -> str:
+    """Run debugfs commands on an ext4 file system in a raw file (at ``offset``).
+
+    Tests damage and read images with it on the host, with no appliance.
+    """
+    target = f"{image}?offset={offset}" if offset else str(image)
+    proc = subprocess.run(["debugfs", *(["-w"] if write else []), "-f", "-", target],
+                          input="\n".join(cmds) + "\n", capture_output=True, text=True)
+    # debugfs echoes each command read from stdin; keep only the answers
+    return "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("debugfs: "))

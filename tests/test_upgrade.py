@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from clirun import nixslave_popen
+from images import debugfs
 
 from nixslave import nix
 from nixslave import root as rootmod
@@ -54,14 +55,6 @@ CASES = [
 def _spec(c: Case, **kw: object) -> MachineSpec:
     return MachineSpec.parse({"name": c.name, "demo": True, "layout": c.layout,
                               "boot": c.boot, "with_nix": c.with_nix, **kw})
-
-
-def debugfs(image: Path, offset: int, *cmds: str, write: bool = False) -> str:
-    target = f"{image}?offset={offset}" if offset else str(image)
-    proc = subprocess.run(["debugfs", *(["-w"] if write else []), "-f", "-", target],
-                          input="\n".join(cmds) + "\n", capture_output=True, text=True)
-    # debugfs echoes each command read from stdin; keep only the answers
-    return "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("debugfs: "))
 
 
 def root_offset(a: Artifact) -> int:

@@ -286,6 +286,10 @@ def _switch_outer_store(t: Target, manifest: dict[str, Any], root: Root,
         raise ImageError(f"a {root.spec.layout} image is upgraded with its artifact",
                          where=t.where, hint="the image has no sidecar; upgrade the artifact "
                                              "nixslave built, or rebuild")
+    if a.extra.get("backing"):
+        # an overlay's store disk or share is its base build's (Artifact.load)
+        raise ImageError(f"an overlay of a {root.spec.layout} image shares its base's store",
+                         where=t.where, hint="rebuild the base image and make a new overlay")
     closure = list(root.closure)
     if union:
         have = {i.path for i in closure}
