@@ -164,8 +164,13 @@ def test_sigterm_at_any_moment_says_interrupted(tmp_path: Path) -> None:
             p.send_signal(signal.SIGTERM)
             _, err = p.communicate(timeout=60)
             err = first + err
-            assert p.returncode == 128 + signal.SIGTERM, err
-            assert "interrupted" in err
+            if p.returncode == -signal.SIGTERM:
+                # the signal came as the finished build was exiting, after
+                # its handler was gone: only then may it end like this
+                assert "• wrote " in err, err
+            else:
+                assert p.returncode == 128 + signal.SIGTERM, err
+                assert "interrupted" in err
         else:
             p.communicate()
         _whole(out)
