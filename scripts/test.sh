@@ -9,11 +9,4 @@ ruff check nixslave tests bench
 # TCG guests, appliance launches and subprocesses, so even two cores keep
 # three files going (measured: 23 min with two workers, the CPUs 80 % busy).
 # Pass -n 0 to run serially.
-# The longest files go first, so that no worker is left with one at the end.
-paths=()
-if [ "$#" -eq 0 ] || [ -z "$(printf '%s\n' "$@" | grep -v '^-')" ]; then
-    paths=(tests/test_vbox.py tests/test_kill.py tests/test_upgrade.py
-           tests/test_upgrade_crash.py tests/test_boot_matrix.py tests/test_repair.py
-           tests/test_install.py tests/test_uefi.py tests/test_inspect.py tests)
-fi
-exec python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@" "${paths[@]}"
+exec python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"
