@@ -5,8 +5,8 @@ set -euo pipefail
 nixslave_setup
 cd "$NIXSLAVE_TOP"
 ruff check nixslave tests bench
-# Three workers, one file each at a time: the tests wait on single-threaded
-# TCG guests, appliance launches and subprocesses, so even two cores keep
-# three files going (measured: 23 min with two workers, the CPUs 80 % busy).
+# Three workers, one file each at a time: the tests mostly wait on
+# single-threaded TCG guests and appliance launches.  Measured on 2 cores:
+# 23.2 min with two workers, 22.7 with three; serially it would be ~40.
 # Pass -n 0 to run serially.
 exec python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"
