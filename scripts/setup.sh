@@ -14,7 +14,7 @@ nixslave_packages=(
     dosfstools e2fsprogs libvirt-clients vde2 iproute2 iputils-ping python3-venv
     graphviz fdisk zstd cpio procps libxml2-utils skopeo umoci podman runc
     ovmf systemd-boot-efi binutils
-    virt-v2v libvirt-daemon libvirt-daemon-driver-qemu
+    virt-v2v libvirt-daemon libvirt-daemon-driver-qemu cryptsetup-bin gdisk
 )
 
 _sudo() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
