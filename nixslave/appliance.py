@@ -2,7 +2,7 @@
 
 Backend settings are applied to the handle rather than to ``os.environ`` so
 that a caller's environment is left alone and TCG is forced exactly when qemu
-itself would have to use it (see nixslave.accel).
+itself would have to use it (see nixslave.runtime.accel).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from nixslave import accel, rundir
+from nixslave import rundir
 from nixslave.errors import ToolError
+from nixslave.runtime import accel
 
 # Handles are created under a lock: XDG_RUNTIME_DIR is process-wide, and a
 # second thread's handle must not pick up the first one's run directory.

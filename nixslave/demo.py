@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nixslave import nix
-from nixslave.accel import host_kernel
 from nixslave.errors import RootError
+from nixslave.runtime.accel import host_kernel
 
 DEMO_NIX = nix.DATA_DIR / "demo-system.nix"
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nixslave import accel, nix
+from nixslave import nix
 from nixslave.errors import NixError
+from nixslave.runtime import accel
 
 Status = str  # "ok" | "warn" | "fail"
 

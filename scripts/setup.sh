@@ -62,7 +62,7 @@ nixslave_env() {
     # itself. libguestfs reads these two variables, so set them only when the
     # probe says so.
     export LIBGUESTFS_BACKEND=direct
-    if ! "$NIXSLAVE_TOP/.venv/bin/python" -m nixslave.accel --quiet; then
+    if ! "$NIXSLAVE_TOP/.venv/bin/python" -m nixslave.runtime.accel --quiet; then
         export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
     fi
 }

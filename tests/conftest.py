@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _guestfs_env() -> None:
     """libguestfs follows the same KVM verdict as qemu."""
     if shutil.which("qemu-system-x86_64"):
-        from nixslave import accel
+        from nixslave.runtime import accel
 
         os.environ.update(accel.guestfs_env())
 

@@ -15,7 +15,7 @@ from nixslave import boot
 from nixslave.errors import RunError
 from nixslave.nixos import ROOT_LABEL
 from nixslave.root import Root
-from nixslave.run import VM, Drive, VMConfig
+from nixslave.runtime.run import VM, Drive, VMConfig
 
 pytestmark = pytest.mark.boot
 

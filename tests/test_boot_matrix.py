@@ -18,7 +18,7 @@ from clirun import nixslave
 from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskOptions
 from nixslave.build import build_image
-from nixslave.launch import run_artifacts
+from nixslave.runtime.launch import run_artifacts
 from nixslave.spec import MachineSpec
 
 pytestmark = [pytest.mark.boot, pytest.mark.guestfs]
@@ -67,7 +67,7 @@ def test_combination_boots_the_exact_toplevel(name: str, artifacts: dict[str, Ar
 
 
 def test_bios_images_boot_without_a_host_kernel(artifacts: dict[str, Artifact]) -> None:
-    from nixslave.run import vm_config
+    from nixslave.runtime.run import vm_config
 
     for name in ("disk-bios", "store-bios"):
         cfg = vm_config(artifacts[name])

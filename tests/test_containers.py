@@ -34,9 +34,9 @@ from nixslave.backends.disk import DiskOptions
 from nixslave.backends.nspawn import NspawnBackend, NspawnOptions
 from nixslave.backends.oci import OciBackend, OciOptions, layer_groups
 from nixslave.backends.tar import TarBackend, TarOptions
-from nixslave.container import PINGS_DONE, Container, fleet, join_bridge, pings
 from nixslave.nixos import container_module
 from nixslave.root import Root
+from nixslave.runtime.container import PINGS_DONE, Container, fleet, join_bridge, pings
 from nixslave.spec import MachineSpec
 from nixslave.topology import load_plan, node_network
 
@@ -195,7 +195,7 @@ def test_a_vm_and_a_container_on_one_segment_ping_each_other(tmp_path: Path) -> 
     segment must reach every address of each other."""
     from nixslave.build import build_image
     from nixslave.netconf.wiring import short_id
-    from nixslave.run import VM, vm_config
+    from nixslave.runtime.run import VM, vm_config
 
     topo = DATA / "mixed.yml"
     plan = load_plan(topo)
@@ -242,7 +242,7 @@ def test_a_killed_runner_takes_its_container_with_it(tmp_path: Path) -> None:
                               text=True).stdout.split()
 
     code = ("import sys, time; from pathlib import Path; from nixslave.backends import "
-            "Artifact; from nixslave.container import Container; c = Container("
+            "Artifact; from nixslave.runtime.container import Container; c = Container("
             "Artifact.load(Path(sys.argv[1])), Path(sys.argv[2])).start(); c.wait_boot(); "
             "print('up', flush=True); time.sleep(300)")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "stay"),

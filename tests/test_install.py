@@ -255,7 +255,7 @@ def test_read_phase_decides_on_real_disks_and_writes_nothing(
 @pytest.mark.boot
 def test_new_partition_in_mbr_qcow2_boots(demo_root: Root, tmp_path: Path) -> None:
     """The whole story: someone's qcow2, a new partition, `nixslave run` boots it."""
-    from nixslave.launch import run_artifacts
+    from nixslave.runtime.launch import run_artifacts
 
     raw, lay = images.existing_disk(tmp_path, "debian", size_mib=640)
     images.plant(raw, 0, BOOT_CODE)

@@ -180,7 +180,7 @@ def test_sigterm_at_any_moment_says_interrupted(tmp_path: Path) -> None:
 @pytest.mark.boot
 def test_artifacts_killed_at_publishing_boot(tmp_path: Path) -> None:
     """The artifact left by a kill at the publishing step boots, in every layout."""
-    from nixslave.launch import run_artifacts
+    from nixslave.runtime.launch import run_artifacts
 
     arts = []
     for layout, name in zip(LAYOUTS, ("kd", "kst", "ksh"), strict=True):

@@ -125,7 +125,7 @@ def test_boot_marker_unit_prints_the_booted_system(tmp_path: Path) -> None:
     shell = script.replace("/nix/store/00000000000000000000000000000000-coreutils/bin/", "") \
         .replace("/run/booted-system", str(fake_root / "booted"))
     out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True)
-    from nixslave.run import BOOT_MARKER
+    from nixslave.runtime.run import BOOT_MARKER
     assert re.fullmatch(rf"{BOOT_MARKER} (/nix/store/\S+)\n", out.stdout)
     assert out.stdout.split()[1] == "/nix/store/" + "a" * 32 + "-nixos-system-web"
 

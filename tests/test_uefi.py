@@ -21,7 +21,7 @@ from clirun import nixslave
 
 from nixslave import boot
 from nixslave.backends import Artifact
-from nixslave.launch import GuestResult
+from nixslave.runtime.launch import GuestResult
 from nixslave.spec import MachineSpec
 
 pytestmark = [pytest.mark.nix,
@@ -63,7 +63,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
 @pytest.fixture(scope="module")
 def booted(built: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[dict[str, GuestResult], Path]:
-    from nixslave.launch import run_artifacts
+    from nixslave.runtime.launch import run_artifacts
 
     rundir = tmp_path_factory.mktemp("run")
     results = run_artifacts(list(built.values()), rundir=rundir, timeout=900)

@@ -27,7 +27,7 @@ from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskOptions
 from nixslave.build import build_image
 from nixslave.image.session import TMP
-from nixslave.launch import run_artifacts
+from nixslave.runtime.launch import run_artifacts
 from nixslave.spec import MachineSpec
 
 pytestmark = [pytest.mark.nix, pytest.mark.guestfs, pytest.mark.boot]

@@ -39,7 +39,7 @@ from nixslave.backends.vbox import (
 from nixslave.errors import BuildError
 from nixslave.netconf.wiring import virtualbox_nics
 from nixslave.root import Root
-from nixslave.run import VM, VMConfig
+from nixslave.runtime.run import VM, VMConfig
 from nixslave.spec import MachineSpec
 from nixslave.topology import load_plan, node_network
 

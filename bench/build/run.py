@@ -32,11 +32,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nixslave import accel, nix
+from nixslave import nix
 from nixslave.backends import disk as disk_mod
 from nixslave.backends.disk import DiskBackend, DiskOptions
 from nixslave.demo import build_demo
 from nixslave.root import Root, build, force_rmtree
+from nixslave.runtime import accel
 from nixslave.spec import MachineSpec
 
 HERE = Path(__file__).resolve().parent

@@ -58,7 +58,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from nixslave import accel, nix  # noqa: E402
+from nixslave import nix  # noqa: E402
 from nixslave.appliance import guestfs_handle  # noqa: E402
 from nixslave.build import build_image  # noqa: E402
 from nixslave.demo import build_demo  # noqa: E402
@@ -69,6 +69,7 @@ from nixslave.image.repair import repair  # noqa: E402
 from nixslave.image.upgrade import upgrade  # noqa: E402
 from nixslave.nixos import ROOT_LABEL  # noqa: E402
 from nixslave.root import force_rmtree  # noqa: E402
+from nixslave.runtime import accel  # noqa: E402
 from nixslave.spec import MachineSpec  # noqa: E402
 
 MIB = 1 << 20

@@ -14,7 +14,7 @@ the settings file share the artifact's name (which must therefore be a
 valid machine name).  Settings found beside an image are *untrusted*:
 nspawn ignores their privileged parts (network, binds) unless it runs with
 ``--settings=trusted`` or the file is copied to /etc/systemd/nspawn/;
-:mod:`nixslave.container` runs with ``--settings=trusted``.
+:mod:`nixslave.runtime.container` runs with ``--settings=trusted``.
 
 **The store is copied, never hardlinked.**  ``Root.prepare`` hardlinks
 store paths from the host store, which is right for a disk image (mkfs

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from nixslave import accel
 from nixslave.cli._common import emit_json, err_console
 from nixslave.doctor import CHECKS, run_checks
+from nixslave.runtime import accel
 
 _STYLE = {"ok": "[green]ok[/green]  ", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
 

@@ -8,7 +8,7 @@ import typer
 
 from nixslave.backends import Artifact
 from nixslave.cli._common import emit_json, err_console, progress_printer
-from nixslave.launch import run_artifacts
+from nixslave.runtime.launch import run_artifacts
 from nixslave.topology import load_plan
 
 

@@ -22,7 +22,7 @@ from nixslave import gcroots, nix
 from nixslave.backends import Artifact, publish
 from nixslave.errors import RunError
 from nixslave.netconf import Plan
-from nixslave.run import VMConfig, fleet, vm_config
+from nixslave.runtime.run import VMConfig, fleet, vm_config
 from nixslave.topology import check_node, host_wiring, switch_argvs
 
 PING_RE = re.compile(r"NIXSLAVE-PING (\S+) (ok|fail)")

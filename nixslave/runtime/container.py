@@ -44,9 +44,9 @@ from pathlib import Path
 from nixslave import nixos
 from nixslave.backends import Artifact, publish
 from nixslave.errors import RunError
-from nixslave.launch import PING_RE, PINGS_DONE
 from nixslave.netconf.wiring import short_id
-from nixslave.run import _die_with_parent
+from nixslave.runtime.launch import PING_RE, PINGS_DONE
+from nixslave.runtime.run import _die_with_parent
 from nixslave.spec import check_name
 
 BOOT_MARKER = nixos.BOOT_MARKER

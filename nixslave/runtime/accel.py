@@ -6,7 +6,7 @@ probe is a tiny boot: the host kernel with no root file system prints
 "Linux version" within a second when the accelerator works.  The verdict is
 cached per boot of the host, because it cannot change before a reboot.
 
-Run as ``python -m nixslave.accel [--quiet]``: exit 0 when KVM is usable.
+Run as ``python -m nixslave.runtime.accel [--quiet]``: exit 0 when KVM is usable.
 """
 
 from __future__ import annotations

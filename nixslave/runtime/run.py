@@ -24,10 +24,11 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nixslave import accel, nixos
+from nixslave import nixos
 from nixslave.backends import Artifact, storebind
 from nixslave.errors import RunError
 from nixslave.nixos import STORE_TAG
+from nixslave.runtime import accel
 
 BOOT_MARKER = nixos.BOOT_MARKER  # the same line from the demo init and the NixOS unit
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
