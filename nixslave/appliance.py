@@ -33,7 +33,7 @@ def guestfs_handle(env: dict[str, str] | None = None, *,
     entry), so a process killed mid-launch leaves nothing in /tmp.
     """
     try:
-        import guestfs  # type: ignore[import-not-found]
+        import guestfs  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise ToolError("the libguestfs Python binding is missing", where="libguestfs",
                         hint="apt-get install python3-guestfs and use a venv made with "

@@ -28,6 +28,9 @@ def cmdline(toplevel: str | Path, spec: MachineSpec, *, store_root: Path | None 
     """root=, init= and the store layout, followed by the system's own params."""
     params = [f"root=LABEL={ROOT_LABEL}", "rw", f"init={toplevel}/init",
               f"nixslave.store={store_kind(spec)}"]
+    if store_kind(spec) == "store-disk":
+        # The demo's stage 1 mounts with this type; NixOS reads its fstab.
+        params.append(f"nixslave.storefs={spec.store_fs_resolved}")
     own = kernel_params(toplevel, store_root=store_root)
     if not any(p.startswith("console=") for p in own):
         own.insert(0, "console=ttyS0,115200")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskOptions
 from nixslave.backends.publish import current_build
 from nixslave.errors import BuildError
+from nixslave.progress import Progress
 from nixslave.spec import MachineSpec
 from nixslave.topology import load_plan, node_network
 
@@ -150,8 +150,44 @@ def check_outputs(out: Path, overlay: Path | None, *, inputs: list[Path]) -> Non
 def build_image(
     spec: MachineSpec, out: Path, options: DiskOptions | None = None, *,
     topology: Path | None = None, node: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Artifact:
+    """Build ``spec``'s system and materialize it at ``out``, in any format.
+
+    ``options.format`` picks the backend (``qcow2`` by default; ``raw``,
+    ``vdi``, ``vmdk``, ``ova``, ``libvirt``, ``nspawn``, ``tar``, ``oci``),
+    and ``spec.boot`` / ``spec.layout`` must be ones that format takes (the
+    table is in docs/api.md): an impossible combination raises a
+    :class:`nixslave.BuildError` before anything is built.
+
+    ``topology`` is a topology *file* and ``node`` this machine's node in it
+    (default: ``spec.name``).  The node's plan is rendered into the guest,
+    and the file's path is recorded in the artifact, because a later run,
+    upgrade or libvirt/VirtualBox wiring re-reads it: keep the file as long
+    as the artifact.  A topology built in Python is written to a file first
+    (JSON is fine).
+
+    Returns the :class:`nixslave.Artifact`, also saved beside the
+    image as ``<image>.nixslave.json``.  ``out`` is published atomically: a
+    build that is killed leaves the previous artifact or the new one.
+
+    Example:
+
+        >>> from pathlib import Path
+        >>> import nixslave
+        >>> spec = nixslave.MachineSpec(name="web-1", demo=True, layout="store-disk")
+        >>> art = nixslave.build_image(spec, Path("/srv/vm/web-1.qcow2"),
+        ...                            nixslave.DiskOptions(format="qcow2"),
+        ...                            progress=print)
+        >>> art.store_image is not None
+        True
+    """
+    fmt = options.format if options else "qcow2"
+    # The CLI checks this before making the spec; a caller of the API gets
+    # the same refusal instead of a half-built VirtualBox disk with direct boot.
+    check_format(fmt, None if fmt in FORMATS and FORMATS[fmt].container else spec.boot,
+                 spec.layout)
+    backend_opts = backend_options(fmt, options or DiskOptions())
     check_outputs(out, options.overlay if options else None,
                   inputs=[p for p in (topology, spec.config, spec.nixpkgs) if p is not None])
     network = None
@@ -162,11 +198,9 @@ def build_image(
         network = node_network(plan, node)
         extra = {"topology": str(Path(topology).resolve()), "node": node,
                  "peers": list(network.peers)}
-    fmt = options.format if options else "qcow2"
     root = rootmod.build(spec, network=network, progress=progress)
-    backend_opts = backend_options(fmt, options or DiskOptions())
-    artifact = backend_for(fmt)().materialize(root, out, backend_opts, progress=progress,
-                                              extra=extra)
+    artifact: Artifact = backend_for(fmt)().materialize(root, out, backend_opts,
+                                                        progress=progress, extra=extra)
     # The name the user asked for; the image path is inside its build directory.
     artifact.extra.setdefault("published_as", str(Path(out).absolute()))
     return artifact

@@ -51,19 +51,13 @@ def _list(values: list[str] | tuple[str, ...]) -> str:
 
 
 def file_systems(spec: MachineSpec) -> dict[str, dict[str, object]]:
-    """The guest's fileSystems, all by label or tag, none by UUID."""
+    """The guest's fileSystems, by label, share tag or drive serial; none by UUID."""
     fs: dict[str, dict[str, object]] = {
         "/": {"device": f"/dev/disk/by-label/{ROOT_LABEL}", "fsType": "ext4"},
     }
     kind = store_kind(spec)
     if kind == "store-disk":
-        # The store disk is attached read-only: e2fsck cannot open it for
-        # writing and exits 8, which stops stage 1.  noCheck drops the fstab
-        # pass number (systemd stage 1, nixos/modules/tasks/filesystems.nix);
-        # the scripted stage 1 ignores noCheck and only skips ext4 when
-        # boot.initrd.checkJournalingFS is false (stage-1-init.sh, checkFS).
-        fs["/nix/store"] = {"device": f"/dev/disk/by-label/{STORE_LABEL}", "fsType": "ext4",
-                            "options": ["ro"], "neededForBoot": True, "noCheck": True}
+        fs["/nix/store"] = _store_disk_fs(spec)
     elif kind == "9p":
         fs["/nix/store"] = {"device": STORE_TAG, "fsType": "9p",
                             "options": [*NINEP_OPTIONS, NINEP_SYSTEMD], "neededForBoot": True}
@@ -71,6 +65,33 @@ def file_systems(spec: MachineSpec) -> dict[str, dict[str, object]]:
         fs["/nix/store"] = {"device": STORE_TAG, "fsType": "virtiofs",
                             "options": ["ro"], "neededForBoot": True}
     return fs
+
+
+def store_device(spec: MachineSpec) -> str:
+    """How the guest names its store disk.
+
+    By label where the file system has one; squashfs has none, so its guest
+    finds it by the serial every host gives the store drive (qemu's and
+    libvirt's ``serial``), which udev links as ``/dev/disk/by-id/virtio-…``.
+    """
+    if spec.store_fs_resolved == "squashfs":
+        return f"/dev/disk/by-id/virtio-{STORE_LABEL}"
+    return f"/dev/disk/by-label/{STORE_LABEL}"
+
+
+def _store_disk_fs(spec: MachineSpec) -> dict[str, object]:
+    """The read-only store disk, never checked by stage 1.
+
+    An ext4 store disk is attached read-only: e2fsck cannot open it for
+    writing and exits 8, which stops stage 1.  noCheck drops the fstab pass
+    number (systemd stage 1, nixos/modules/tasks/filesystems.nix); the
+    scripted stage 1 ignores noCheck and only skips ext4 when
+    boot.initrd.checkJournalingFS is false (stage-1-init.sh, checkFS).
+    erofs and squashfs have no fsck in the initrd at all
+    (nixos/modules/tasks/filesystems/erofs.nix leaves fsck.erofs out).
+    """
+    return {"device": store_device(spec), "fsType": spec.store_fs_resolved,
+            "options": ["ro"], "neededForBoot": True, "noCheck": True}
 
 
 def initrd_modules(spec: MachineSpec) -> list[str]:
@@ -85,6 +106,12 @@ def initrd_forced_modules(spec: MachineSpec) -> list[str]:
     mount of /nix/store would fail without these.
     """
     kind = store_kind(spec)
+    if kind == "store-disk" and spec.store_fs_resolved != "ext4":
+        # filesystems.nix adds a neededForBoot fsType to
+        # boot.initrd.supportedFilesystems, and erofs.nix/squashfs.nix then
+        # make the module available; loading it up front, as for the shares,
+        # does not depend on stage 1 asking for it by file-system type.
+        return [spec.store_fs_resolved]
     if kind == "9p":
         return ["9p", "9pnet_virtio"]
     if kind == "virtiofs":
@@ -125,7 +152,7 @@ def machine_module(spec: MachineSpec, *, network_module: str | None = None) -> s
     lines += ["  };",
               "  swapDevices = lib.mkVMOverride [ ];",
               "  boot.initrd.luks.devices = lib.mkVMOverride { };"]
-    if store_kind(spec) == "store-disk":
+    if store_kind(spec) == "store-disk" and spec.store_fs_resolved == "ext4":
         lines.append("  boot.initrd.checkJournalingFS = lib.mkDefault false;")
     lines.append(f"  boot.initrd.availableKernelModules = {_list(initrd_modules(spec))};")
     forced = initrd_forced_modules(spec)
@@ -152,9 +179,33 @@ def machine_module(spec: MachineSpec, *, network_module: str | None = None) -> s
         # nobody can log in; a slave is reached through its console or not at
         # all, so say that this is intended.
         lines.append("  users.allowNoPasswordLogin = lib.mkDefault true;")
+    lines += _control_lines(spec, container=False)
     lines += _marker_unit()
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _control_lines(spec: MachineSpec, *, container: bool) -> list[str]:
+    """What lets the host reach and switch a running guest (``nixslave exec/switch``).
+
+    * ``services.qemuGuest.enable`` (nixos/modules/virtualisation/
+      qemu-guest-agent.nix): qemu-ga, started by udev when the
+      virtio-serial port ``org.qemu.guest_agent.0`` appears, which the host
+      adds to every agent VM.  A container needs none: the host enters its
+      namespaces.
+    * ``system.switch.enable`` (nixos/modules/system/activation/
+      switchable-system.nix): slave.nix turns switch-to-configuration off
+      with mkDefault, since a slave is normally switched by swapping its
+      image; a ``switchable`` machine keeps it so the host can run
+      ``switch-to-configuration test`` online.  Priority 900 beats
+      slave.nix's mkDefault and loses to any plain user setting.
+    """
+    out = []
+    if spec.agent and not container:
+        out.append("  services.qemuGuest.enable = lib.mkDefault true;")
+    if spec.switchable:
+        out.append("  system.switch.enable = lib.mkOverride 900 true;")
+    return out
 
 
 def _marker_unit() -> list[str]:
@@ -249,6 +300,7 @@ def container_module(spec: MachineSpec, network_module: str | None = None) -> st
         lines.append(f"  users.users.root.openssh.authorizedKeys.keys = {_list(spec.ssh_keys)};")
     else:
         lines.append("  users.allowNoPasswordLogin = lib.mkDefault true;")
+    lines += _control_lines(spec, container=True)
     lines += _marker_unit()
     lines.append("}")
     machine = "\n".join(lines) + "\n"

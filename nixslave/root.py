@@ -18,7 +18,6 @@ import stat
 import subprocess
 import tempfile
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +25,27 @@ from nixslave import __version__, nix, rundir
 from nixslave.demo import build_demo
 from nixslave.errors import NixError, RootError
 from nixslave.nixos import guest_module, store_kind
+from nixslave.progress import Progress
 from nixslave.spec import MachineSpec
 
 MANIFEST_PATH = Path("nix/var/nixslave/manifest.json")
 MANIFEST_SCHEMA = 1
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "etc", "root", "var", "nix/store")
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class NodeNetwork:
-    """What a node's guest needs from the topology plan."""
+    """What a node's guest needs from the topology plan.
+
+    Made by :func:`nixslave.node_network` from a plan; :func:`build_root`
+    renders it into the guest (a script for the demo system, a
+    systemd-networkd module for NixOS).
+
+    Example:
+
+        >>> net = nixslave.node_network(plan, "edge")
+        >>> root = nixslave.build_root(spec, network=net)
+    """
 
     script: str = ""               # POSIX shell, for the demo system
     nixos_module: str | None = None  # systemd-networkd module, for NixOS
@@ -45,7 +54,20 @@ class NodeNetwork:
 
 @dataclass
 class Root:
-    """A built system: toplevel, closure (with NAR hashes and sizes), spec."""
+    """A built system: toplevel, closure (with NAR hashes and sizes), spec.
+
+    What every backend materializes and what ``upgrade_image`` and
+    ``install_root`` put into existing images.  ``prepare(tree)`` lays the
+    guest's root file system out in a directory, profile-less: exactly the
+    closure, one ``system`` link, ``/etc/NIXOS``, the manifest, and a Nix
+    database only when ``spec.with_nix``.
+
+    Example:
+
+        >>> root = nixslave.build_root(nixslave.MachineSpec(name="web-1", demo=True))
+        >>> print(len(root.closure), "store paths,", root.nar_size, "bytes")
+        >>> tree = root.prepare(Path("/srv/trees/web-1"))
+    """
 
     spec: MachineSpec
     toplevel: str
@@ -323,7 +345,27 @@ def _build_flake(spec: MachineSpec, network: NodeNetwork | None) -> Path:
 
 def build(spec: MachineSpec, *, network: NodeNetwork | None = None,
           progress: Progress | None = None) -> Root:
-    """Build (or take) the machine's toplevel and read its closure."""
+    """Build (or take) the machine's toplevel and read its closure.
+
+    The system comes from the spec's one source: the demo system, a NixOS
+    configuration file (with ``spec.nixpkgs`` or ``NIX_PATH``), a flake
+    attribute, or a toplevel already in the host's store.  The nixslave
+    guest module (profile-less settings, file systems by label, the boot
+    marker, and ``network`` when given) is added to configurations and
+    flakes.  Nix failures raise :class:`nixslave.NixError`, a bad
+    source :class:`nixslave.RootError`.
+
+    Example:
+
+        >>> import nixslave
+        >>> spec = nixslave.MachineSpec(name="web-1", config=Path("web-1.nix"),
+        ...                             nixpkgs=Path("/src/nixpkgs"))
+        >>> root = nixslave.build_root(spec, progress=print)
+        building the config system for web-1
+        reading the closure
+        >>> root.toplevel.startswith("/nix/store/")
+        True
+    """
     say = progress or (lambda _m: None)
     say(f"building the {spec.source} system for {spec.name}")
     if spec.demo:

@@ -28,6 +28,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 Boot = Literal["direct", "bios", "uefi"]
 Layout = Literal["disk", "store-disk", "shared"]
 Share = Literal["9p", "virtiofs"]
+StoreFs = Literal["ext4", "erofs", "squashfs"]
 
 
 def parse_size(value: int | str) -> int:
@@ -69,28 +70,57 @@ def valid_size(value: str, where: str) -> int:
 
 
 class MachineSpec(BaseModel):
-    """One machine: where its system comes from and how it is materialized."""
+    """One machine: where its system comes from and how it is materialized.
+
+    Exactly one source: ``demo``, ``config`` (a NixOS configuration file),
+    ``flake`` (``path#name``) or ``toplevel`` (a built system in the host's
+    store).  The spec is frozen and validated as a whole: the name is
+    checked before it reaches any path, and impossible combinations (a
+    shared store with BIOS boot) are refused.
+
+    Construct it with keywords in typed code (a bad value raises pydantic's
+    ``ValidationError``, a ``ValueError``), or with :meth:`parse` for input
+    from files or users, which raises :class:`nixslave.SpecError`
+    naming the field.
+
+    Example:
+
+        >>> from nixslave import MachineSpec
+        >>> spec = MachineSpec(name="web-1", demo=True, layout="store-disk", memory=1024)
+        >>> spec.source
+        'demo'
+        >>> MachineSpec.parse({"name": "Web 1", "demo": True})
+        Traceback (most recent call last):
+        nixslave.errors.SpecError: machine.name: 'Web 1' is not a machine name; ...
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Machine name: 1-48 of a-z, 0-9 and -, starting with a "
                       "letter, not ending with -.")
     # exactly one source
-    demo: bool = Field(False, description="Use the built-in demo system.")
-    config: Path | None = Field(None, description="A NixOS configuration file.")
-    flake: str | None = Field(None, description="A flake reference, path#name.")
-    toplevel: str | None = Field(None, description="An already built system toplevel.")
-    nixpkgs: Path | None = Field(None, description="nixpkgs checkout for --config builds.")
+    demo: bool = Field(default=False, description="Use the built-in demo system.")
+    config: Path | None = Field(default=None, description="A NixOS configuration file.")
+    flake: str | None = Field(default=None, description="A flake reference, path#name.")
+    toplevel: str | None = Field(default=None, description="An already built system toplevel.")
+    nixpkgs: Path | None = Field(default=None, description="nixpkgs checkout for --config builds.")
 
     boot: Boot = "direct"
     layout: Layout = "disk"
     share: Share = "9p"
-    size: int | None = Field(None, description="Disk size in bytes; automatic when unset.")
-    memory: int = Field(512, description="Memory in MiB.")
+    store_fs: StoreFs | None = Field(default=None, description="File system of a store disk: erofs "
+                                     "(the default), squashfs or ext4; the disk layout's "
+                                     "store is in its ext4 root.")
+    size: int | None = Field(default=None, description="Disk size in bytes; automatic when unset.")
+    memory: int = Field(default=512, description="Memory in MiB.")
     cpus: int = 1
     ssh_keys: tuple[str, ...] = ()
-    with_nix: bool = Field(False, description="Give the guest a Nix database and daemon.")
-    halt: bool = Field(True, description="Demo system: power off after boot.")
+    with_nix: bool = Field(default=False, description="Give the guest a Nix database and daemon.")
+    halt: bool = Field(default=True, description="Demo system: power off after boot.")
+    agent: bool = Field(default=False, description="Run the QEMU guest agent (services.qemuGuest) "
+                        "so the host can exec and copy files; the demo always has its own.")
+    switchable: bool = Field(default=False, description="Keep switch-to-configuration so the host "
+                             "can switch the running guest (nixslave switch).")
 
     @field_validator("name")
     @classmethod
@@ -157,10 +187,25 @@ class MachineSpec(BaseModel):
         if self.layout == "shared" and self.boot == "bios":
             raise ValueError("the shared store layout needs direct boot or uefi (extlinux "
                              "cannot read a host directory)")
+        if self.store_fs not in (None, "ext4") and self.layout != "store-disk":
+            raise ValueError(f"store_fs {self.store_fs} needs the store-disk layout (the "
+                             f"{self.layout} layout keeps its store in ext4 or a host share)")
         return self
 
     @property
+    def store_fs_resolved(self) -> StoreFs:
+        """The store's file system: erofs for a store disk unless asked otherwise.
+
+        A store disk is read-only, so a compressed read-only file system
+        costs less than the closure and is never fsck'd in stage 1.
+        """
+        if self.store_fs is not None:
+            return self.store_fs
+        return "erofs" if self.layout == "store-disk" else "ext4"
+
+    @property
     def source(self) -> str:
+        """Which source the system comes from: demo, config, flake or toplevel."""
         for s in ("demo", "config", "flake", "toplevel"):
             if getattr(self, s):
                 return s
@@ -175,6 +220,7 @@ class MachineSpec(BaseModel):
             raise spec_error(exc, data) from None
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON types; ``parse`` reads it back."""
         return self.model_dump(mode="json", exclude_defaults=False)
 
 

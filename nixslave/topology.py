@@ -28,7 +28,20 @@ def check_node(p: Plan, node: str) -> None:
 
 
 def node_network(p: Plan, node: str) -> NodeNetwork:
-    """The guest's side of one node, from the same plan the host wires."""
+    """The guest's side of one node, from the same plan the host wires.
+
+    Pass it to :func:`nixslave.build_root` for a root whose network matches
+    what :func:`nixslave.run_artifacts` wires with the same plan
+    (``build_image`` with a topology does this itself).  An unknown node
+    raises :class:`nixslave.SpecError`.
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> plan = netconf.plan(netconf.load_topology("lab.yml"))
+        >>> net = nixslave.node_network(plan, "edge")
+        >>> net.peers  # every address of every other node, which the demo guest pings
+    """
     check_node(p, node)
     peers = tuple(a for addrs in p.peers(node).values() for a in addrs)
     return NodeNetwork(script=render_sh(p, node), nixos_module=render_nixos(p, node),

@@ -234,3 +234,12 @@ def debugfs(image: Path, offset: int, *cmds: str, write: bool = False) -> str:
                           input="\n".join(cmds) + "\n", capture_output=True, text=True)
     # debugfs echoes each command read from stdin; keep only the answers
     return "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("debugfs: "))
+
+
+def erofs_ls(image: Path, path: str = "/") -> set[str]:
+    """Names in a directory of an erofs image, read by erofs-utils on the host."""
+    proc = subprocess.run(["dump.erofs", "--ls", f"--path={path}", str(image)],
+                          capture_output=True, text=True, check=True)
+    _, _, table = proc.stdout.partition("FILENAME")
+    names = {ln.split(None, 2)[2] for ln in table.splitlines() if len(ln.split(None, 2)) == 3}
+    return names - {".", ".."}

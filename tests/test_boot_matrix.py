@@ -23,12 +23,15 @@ from nixslave.spec import MachineSpec
 
 pytestmark = [pytest.mark.boot, pytest.mark.guestfs]
 
-# name -> (layout, boot, share, expected /nix/store mount)
+# name -> (layout, boot, share, expected /nix/store mount); the store disks
+# are erofs (the default, by label) and squashfs (no label: by drive serial);
+# tests/test_uefi.py boots an ext4 one.
 MATRIX = {
     "disk-direct": ("disk", "direct", "9p", "rootfs"),
     "disk-bios": ("disk", "bios", "9p", "rootfs"),
-    "store-direct": ("store-disk", "direct", "9p", "ext4 /dev/disk/by-label/nixslave-store"),
-    "store-bios": ("store-disk", "bios", "9p", "ext4 /dev/disk/by-label/nixslave-store"),
+    "store-direct": ("store-disk", "direct", "9p", "erofs /dev/disk/by-label/nixslave-store"),
+    "store-bios": ("store-disk", "bios", "9p",
+                   "squashfs /dev/disk/by-id/virtio-nixslave-store"),
     "shared-9p": ("shared", "direct", "9p", "9p nixstore"),
     "shared-vfs": ("shared", "direct", "virtiofs", "virtiofs nixstore"),
 }
@@ -39,8 +42,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     out = tmp_path_factory.mktemp("matrix")
     built = {}
     for name, (layout, boot, share, _) in MATRIX.items():
+        extra = {"store_fs": "squashfs"} if name == "store-bios" else {}
         spec = MachineSpec.parse({"name": name, "demo": True, "layout": layout, "boot": boot,
-                                  "share": share})
+                                  "share": share, **extra})
         built[name] = build_image(spec, out / f"{name}.qcow2",
                                   DiskOptions(gcroot=False, checksum=True))
     return built

@@ -191,7 +191,7 @@ def test_bad_options(tmp_path: Path, opts: DiskOptions, match: str) -> None:
 
 
 def test_store_disk_layout(tmp_path: Path) -> None:
-    root = _root(layout="store-disk")
+    root = _root(layout="store-disk", store_fs="ext4")
     a = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
     assert a.store_image == store_image_path(a.image)
     assert a.store_image.parent == Path(os.path.realpath(tmp_path / "m.qcow2")).parent
@@ -208,9 +208,12 @@ def test_store_disk_layout(tmp_path: Path) -> None:
 
 
 def test_shared_layout_is_exactly_the_closure(tmp_path: Path) -> None:
+    """The hardlink tree (libvirt's, and the fallback without namespaces)."""
     root = _root(layout="shared")
-    a = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
-    assert a.share_dir == share_dir_path(a.image)
+    a = DiskBackend().materialize(root, tmp_path / "m.qcow2",
+                                  DiskOptions(gcroot=False, share_method="tree"))
+    assert a.share_dir == share_dir_path(a.image) and a.extra["shareMethod"] in (
+        "hardlink", "reflink", "copy")
     assert sorted(p.name for p in a.share_dir.iterdir()) == sorted(
         Path(p).name for p in root.paths)
     kernel = next(p for p in root.paths if p.endswith("-linux-kernel"))
@@ -220,7 +223,8 @@ def test_shared_layout_is_exactly_the_closure(tmp_path: Path) -> None:
     assert _debugfs_ls(a.image, "/nix/store") == []
     # rebuilding switches the share with the image and keeps it exact; the old
     # build's share is gone, and nothing like .store.old.* is left behind
-    b = DiskBackend().materialize(root, tmp_path / "m.qcow2", DiskOptions(gcroot=False))
+    b = DiskBackend().materialize(root, tmp_path / "m.qcow2",
+                                  DiskOptions(gcroot=False, share_method="tree"))
     assert b.share_dir != a.share_dir and not a.share_dir.exists()
     assert len(list(b.share_dir.iterdir())) == len(root.paths)
     assert _published(tmp_path / "m.qcow2") == ["m.qcow2", "m.qcow2.nixslave.json", "store"]

@@ -77,13 +77,31 @@ def test_guest_module_parses_for_every_layout_and_boot(
 
 def test_store_disk_is_never_fscked(tmp_path: Path) -> None:
     """The read-only store disk makes e2fsck exit 8 and stop stage 1."""
-    cfg = _eval(guest_module(_spec(layout="store-disk")), tmp_path)
+    cfg = _eval(guest_module(_spec(layout="store-disk", store_fs="ext4")), tmp_path)
     fs = cfg["fileSystems"]
     assert fs["/nix/store"] == {  # type: ignore[index]
         "device": "/dev/disk/by-label/nixslave-store", "fsType": "ext4", "options": ["ro"],
         "neededForBoot": True, "noCheck": True}
     # scripted stage 1 ignores noCheck (stage-1-init.sh checkFS)
     assert cfg["boot.initrd.checkJournalingFS"] is False
+
+
+@pytest.mark.parametrize(("fs", "device"), [
+    ("erofs", "/dev/disk/by-label/nixslave-store"),
+    ("squashfs", "/dev/disk/by-id/virtio-nixslave-store"),
+])
+def test_read_only_store_disk_module(fs: str, device: str, tmp_path: Path) -> None:
+    """Bug: an erofs store disk declared as ext4 (or a squashfs one looked up
+    by a label it cannot have) never mounts; its driver must be in stage 1.
+    The default store disk is erofs."""
+    spec = _spec(layout="store-disk", **({} if fs == "erofs" else {"store_fs": fs}))
+    cfg = _eval(guest_module(spec), tmp_path)
+    store = cfg["fileSystems"]["/nix/store"]  # type: ignore[index]
+    assert (store["device"], store["fsType"], store["options"]) == (device, fs, ["ro"])
+    assert store["neededForBoot"] is True and store["noCheck"] is True
+    assert cfg["boot.initrd.kernelModules"] == [fs]
+    # only ext4 needs the scripted stage 1's journaling check switched off
+    assert "boot.initrd.checkJournalingFS" not in cfg
 
 
 def test_9p_store_is_mounted_after_its_driver_loads(tmp_path: Path) -> None:

@@ -55,8 +55,10 @@ def _sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     out = tmp_path_factory.mktemp("uefi")
+    # the one boot of an ext4 store disk (the default is erofs)
     return {name: _build(out / f"{name}.{fmt}", "--layout", layout, "--format", fmt,
-                         "--name", name)
+                         "--name", name,
+                         *(("--store-fs", "ext4") if layout == "store-disk" else ()))
             for name, (layout, fmt, _) in LAYOUTS.items()}
 
 
@@ -150,9 +152,10 @@ def test_uefi_build_is_reproducible(built: dict[str, Artifact], tmp_path: Path) 
     """Catches: objcopy's build-time PE time stamp left in the UKI, a random
     FAT volume id or mtools' clock on the ESP, and random GPT disk and
     partition GUIDs: any of them makes two builds of one input differ."""
-    first = _build(tmp_path / "a.qcow2", "--layout", "store-disk", "--name", "uefi-store")
+    args = ("--layout", "store-disk", "--store-fs", "ext4", "--name", "uefi-store")
+    first = _build(tmp_path / "a.qcow2", *args)
     # seconds apart, so every clock-derived field would change
-    second = _build(tmp_path / "b.qcow2", "--layout", "store-disk", "--name", "uefi-store")
+    second = _build(tmp_path / "b.qcow2", *args)
     assert first.toplevel == second.toplevel == built["uefi-store"].toplevel
     assert _sha256(first.image) == _sha256(second.image) == _sha256(built["uefi-store"].image)
     assert first.store_image is not None and second.store_image is not None

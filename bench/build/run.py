@@ -1,15 +1,21 @@
-"""Time nixslave's disk build against its floor and against virt-make-fs.
+"""Time nixslave's disk builds against the tools alone, and their size against the closure.
 
 Why: nixslave's claim is that it builds a guest disk from a closure without
-a VM at about the cost of the tools it drives (``mkfs.ext4 -d`` and ``qemu-img
-convert``), an order of magnitude faster than the libguestfs way
-(``virt-make-fs``, a VM under TCG here), and that the image and the shared
-store cost little more than the closure itself.  This benchmark checks those
-claims on a 0.5-1 GB closure: the demo system padded with one synthetic store
-path of incompressible files (built by Nix from ``padgen.py``), and prints
-where nixslave's time goes so that a missed goal can be explained.
+a VM at about the cost of the tools it drives (``mkfs.ext4 -d`` and
+``qemu-img convert``; ``mkfs.erofs`` for a store disk), an order of
+magnitude faster than the libguestfs way (``virt-make-fs``, a VM under TCG
+here), and that every layout costs little more space than the closure
+itself.  This benchmark checks those claims on a 0.5-1 GB closure: the demo
+system padded with one synthetic store path of incompressible files (built
+by Nix from ``padgen.py``), and prints where nixslave's time goes so that a
+missed goal can be explained.
 
     .venv/bin/python bench/build/run.py [--pad-mb 600] [--repeat 3] [--json]
+
+Every anchor runs on the same tree state as nixslave's run: the root tree
+of ``Root.prepare(include_store=False)`` with each closure path bind-mounted
+onto a stub in a private mount namespace (what nixslave's mkfs sees),
+prepared once and not timed, interleaved with nixslave's runs.
 
 Goals: nixslave / floor <= 1.2, virt-make-fs / nixslave >= 10, image
 allocation / NAR size <= 1.05 (+ file-system metadata), shared-layout extra
@@ -19,21 +25,20 @@ bytes / NAR size <= 1 %.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure as m  # bench/build/measure.py
+
 from nixslave import nix
-from nixslave.backends import disk as disk_mod
+from nixslave.backends import Artifact
 from nixslave.backends.disk import DiskBackend, DiskOptions
 from nixslave.demo import build_demo
 from nixslave.root import Root, build, force_rmtree
@@ -41,26 +46,32 @@ from nixslave.runtime import accel
 from nixslave.spec import MachineSpec
 
 HERE = Path(__file__).resolve().parent
-MIB = 1 << 20
+MIB = m.MIB
 NAME = "bench"
 GOAL_FLOOR = 1.2
 GOAL_VMF = 10.0
 GOAL_ALLOC = 1.05
 GOAL_SHARE = 0.01
 
+# label -> (spec fields, shared-store method)
+LAYOUTS: dict[str, tuple[dict[str, str], str | None]] = {
+    "disk": ({"layout": "disk"}, None),
+    "store-disk ext4": ({"layout": "store-disk", "store_fs": "ext4"}, None),
+    "store-disk erofs": ({"layout": "store-disk", "store_fs": "erofs"}, None),
+    "store-disk squashfs": ({"layout": "store-disk", "store_fs": "squashfs"}, None),
+    "shared, hardlink tree": ({"layout": "shared"}, "tree"),
+    "shared, zero-copy bind": ({"layout": "shared"}, "bind"),
+}
+FLOOR_NOTE = ("every anchor ran on the same tree state as nixslave's run: Root.prepare("
+              "include_store=False) + the closure\n  bind-mounted onto stubs in a private "
+              "mount namespace (what nixslave's mkfs sees), prepared once, not timed,\n  "
+              "interleaved with nixslave's runs; the floors do not fsync their image, "
+              "nixslave does")
+
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-
-def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    return proc.stdout
-
-
-# -- the closure ----------------------------------------------------------------
 
 def padded_toplevel(pad_mb: int) -> Path:
     """Demo toplevel + one padding path of ``pad_mb`` MiB, as a NixOS-shaped toplevel.
@@ -92,184 +103,61 @@ in derivation {{
     return nix.build(expr=expr, what="padded toplevel")[0]
 
 
-# -- helpers ----------------------------------------------------------------------
-
-def qemu_info(image: Path) -> dict[str, Any]:
-    return json.loads(run(["qemu-img", "info", "--output=json", str(image)]))
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kKMGT]?)\s*", text)
-    if not m:
-        raise ValueError(text)
-    unit = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": MIB, "G": 1 << 30, "T": 1 << 40}
-    return int(float(m.group(1)) * unit[m.group(2)])
-
-
-def ext4_metadata(raw: Path) -> dict[str, int]:
-    """Inode tables and journal of an ext4 image, from ``dumpe2fs -h``."""
-    fields: dict[str, str] = {}
-    for line in run(["dumpe2fs", "-h", str(raw)]).splitlines():
-        k, sep, v = line.partition(":")
-        if sep:
-            fields[k.strip()] = v.strip()
-    inodes = int(fields["Inode count"])
-    isize = int(fields["Inode size"])
-    journal = parse_size(fields.get("Total journal size", fields.get("Journal size", "0")))
-    return {"inodes": inodes, "inodesFree": int(fields["Free inodes"]),
-            "inodeTables": inodes * isize, "journal": journal,
-            "metadata": inodes * isize + journal}
-
-
-def share_extra_bytes(share: Path) -> dict[str, int]:
-    """Blocks the share directory owns: inodes not hardlinked to the store, and dirs."""
-    seen: set[int] = set()
-    extra = dirs = files = 0
-    for dirpath, dirnames, filenames in os.walk(share):
-        st = os.lstat(dirpath)
-        dirs += st.st_blocks * 512
-        for n in filenames + dirnames:
-            st = os.lstat(os.path.join(dirpath, n))
-            if st.st_ino in seen or (os.path.isdir(os.path.join(dirpath, n))
-                                     and not os.path.islink(os.path.join(dirpath, n))):
-                continue
-            seen.add(st.st_ino)
-            if st.st_nlink == 1:
-                files += 1
-                extra += st.st_blocks * 512
-    return {"dirBytes": dirs, "unlinkedBytes": extra, "unlinkedInodes": files,
-            "total": dirs + extra}
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-class Steps:
-    """Timestamps of progress messages plus timed nixslave internals."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.marks: list[tuple[float, str]] = []
-        self.calls: dict[str, float] = {}
-        self.share_free_delta: int | None = None
-
-    def progress(self, msg: str) -> None:
-        self.marks.append((time.perf_counter() - self.t0, msg))
-
-    def phases(self, total: float) -> list[tuple[str, float]]:
-        out = []
-        for i, (t, msg) in enumerate(self.marks):
-            end = self.marks[i + 1][0] if i + 1 < len(self.marks) else total
-            out.append((msg, end - t))
-        return out
-
-
-@contextlib.contextmanager
-def instrumented(steps: Steps) -> Iterator[None]:
-    """Time the helpers nixslave's disk backend calls (monkeypatched, not modified)."""
-    import nixslave.root as root_mod
-
-    targets: list[tuple[Any, str, str]] = [
-        (root_mod, "copy_paths", "prepare: cp -a --link"),
-        (root_mod, "normalize_times", "prepare: normalize_times"),
-        (disk_mod, "tree_usage", "size: tree_usage walk"),
-        (disk_mod, "mkfs", "mkfs.ext4 -d"),
-        (disk_mod, "normalize_inode_times", "debugfs timestamp pass"),
-        (disk_mod.DiskBackend, "_emit", "qemu-img convert"),
-        (disk_mod, "sha256_file", "sha256 of the image"),
-        (disk_mod.DiskBackend, "_share_dir", "shared store copy"),
-        (disk_mod, "force_rmtree", "cleanup: force_rmtree of the scratch dir"),
-    ]
-    saved = []
-    for owner, attr, label in targets:
-        orig = getattr(owner, attr)
-        saved.append((owner, attr, orig))
-
-        def wrap(orig: Callable[..., Any] = orig, label: str = label) -> Callable[..., Any]:
-            @functools.wraps(orig)
-            def timed(*a: Any, **kw: Any) -> Any:
-                before = free_bytes(Path("/nix/store")) if label == "shared store copy" else 0
-                t = time.perf_counter()
-                try:
-                    return orig(*a, **kw)
-                finally:
-                    steps.calls[label] = steps.calls.get(label, 0.0) + time.perf_counter() - t
-                    if label == "shared store copy":
-                        steps.share_free_delta = before - free_bytes(Path("/nix/store"))
-            return timed
-
-        setattr(owner, attr, wrap())
-    try:
-        yield
-    finally:
-        for owner, attr, orig in saved:
-            setattr(owner, attr, orig)
-
-
-# -- the three ways ------------------------------------------------------------------
-
-def settle() -> None:
-    """Flush earlier writes so that their writeback is not charged to the next run."""
-    os.sync()
-
-
-def time_nixslave(root: Root, out: Path) -> tuple[float, Steps]:
-    out.unlink(missing_ok=True)
-    settle()
-    steps = Steps()
-    with instrumented(steps):
+def time_nixslave(root: Root, out: Path, share: str | None) -> tuple[float, m.Steps, Artifact]:
+    """One fresh build (no earlier build of ``out`` left to sweep), step by step."""
+    m.fresh(out)
+    m.settle()
+    steps = m.Steps()
+    opts = DiskOptions(format="qcow2", gcroot=False, share_method=share)  # type: ignore[arg-type]
+    with m.instrumented(steps):
         t = time.perf_counter()
         steps.t0 = t
-        DiskBackend().materialize(root, out, DiskOptions(format="qcow2", gcroot=False),
-                                  progress=steps.progress)
+        art = DiskBackend().materialize(root, out, opts, progress=steps.progress)
         dt = time.perf_counter() - t
-    return dt, steps
+    return dt, steps, art
 
 
-def time_floor(tree: Path, size: int, work: Path) -> tuple[float, float]:
-    """Seconds of (mkfs.ext4 -d, qemu-img convert) on a prepared tree."""
-    raw, out = work / "floor.raw", work / "floor.qcow2"
-    raw.unlink(missing_ok=True)
-    out.unlink(missing_ok=True)
-    settle()
-    t = time.perf_counter()
-    run(["mkfs.ext4", "-q", "-b", "4096", "-L", "nixslave-root", "-d", str(tree), str(raw),
-         f"{size // 1024}k"])
-    t1 = time.perf_counter()
-    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
-    t2 = time.perf_counter()
+def allocation(art: Artifact, nar: int) -> dict[str, Any]:
+    """Host bytes of each file of an artifact, against the closure's NAR size."""
+    a: dict[str, Any] = {"root": m.allocated(art.image)}
+    if art.store_image is not None:
+        a["store"] = m.allocated(art.store_image)
+    if art.share_dir is not None:
+        a["shareDetail"] = m.share_extra_bytes(art.share_dir)
+        a["share"] = a["shareDetail"]["total"]
+    a["total"] = a["root"] + a.get("store", 0) + a.get("share", 0)
+    a["storeOverNar"] = (a["store"] if "store" in a else a.get("share", a["root"])) / nar
+    a["totalOverNar"] = a["total"] / nar
+    return a
+
+
+def disk_metadata(image: Path, work: Path, root: Root) -> dict[str, Any]:
+    """ext4 metadata of the disk layout's image, and the tree's own 4 KiB-block size."""
+    raw = work / "check.raw"
+    m.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
+    meta = m.ext4_metadata(raw)
     raw.unlink()
-    out.unlink()
-    return t1 - t, t2 - t1
+    from nixslave.backends.ext4 import tree_usage
+
+    usage = tree_usage(*(Path(p) for p in root.paths))
+    return {**meta, "treeDataBytes": usage.data}
 
 
-def time_virt_make_fs(tree: Path, size: int, work: Path) -> float:
-    out = work / "vmf.qcow2"
-    env = {**os.environ, **accel.guestfs_env()}
-    settle()
-    t = time.perf_counter()
-    run(["virt-make-fs", "--format=qcow2", "--type=ext4", f"--size={size // MIB}M",
-         str(tree), str(out)], env=env)
-    dt = time.perf_counter() - t
-    out.unlink()
-    return dt
-
-
-# -- main -------------------------------------------------------------------------
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
+def best(d: dict[str, Any], key: str, value: float, **extra: Any) -> None:
+    """Keep every time and, for the fastest, its details."""
+    d.setdefault(key, {"all": []})
+    e = d[key]
+    e["all"].append(value)
+    if value <= min(e["all"]):
+        e.update(seconds=value, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pad-mb", type=int, default=600, help="padding size in MiB")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="runs of nixslave and the floor (best is kept)")
-    ap.add_argument("--budget", type=float, default=600.0,
-                    help="stop repeating once this many seconds have passed")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of every build (best is kept)")
+    ap.add_argument("--budget", type=float, default=900.0,
+                    help="start no new round once this many seconds have passed")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                     help="scratch parent; must share a file system with /nix/store")
     ap.add_argument("--skip-vmf", action="store_true", help="do not run virt-make-fs")
@@ -277,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("NIX_CONFIG", nix.OFFLINE_CONFIG)
     started = time.perf_counter()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: nixslave and the anchors bind-mount the closure")
 
     log(f"building the closure (demo + {args.pad_mb} MiB padding)")
     t = time.perf_counter()
     top = padded_toplevel(args.pad_mb)
-    root = build(MachineSpec.parse({"name": NAME, "toplevel": str(top)}))
+    roots = {k: build(MachineSpec.parse({"name": NAME, "toplevel": str(top), **spec}))
+             for k, (spec, _) in LAYOUTS.items()}
+    root = roots["disk"]
     closure_s = time.perf_counter() - t
     nar = root.nar_size
     log(f"{top}: {len(root.paths)} paths, NAR {nar / MIB:.1f} MiB ({closure_s:.1f} s)")
@@ -289,83 +181,70 @@ def main(argv: list[str] | None = None) -> int:
     same_fs = os.stat(args.workdir).st_dev == os.stat(nix.STORE_DIR).st_dev
     if not same_fs:
         log(f"WARNING: {args.workdir} is not on the file system of /nix/store: "
-            "hardlinks fall back to copies and the figures do not mean much")
+            "the hardlink tree falls back to copies")
     work = Path(tempfile.mkdtemp(prefix="nixslave-bench-", dir=args.workdir))
     res: dict[str, Any] = {"toplevel": str(top), "closurePaths": len(root.paths),
                            "narSize": nar, "padMiB": args.pad_mb, "sameFilesystem": same_fs,
-                           "workdir": str(args.workdir)}
+                           "workdir": str(args.workdir), "date": time.strftime("%Y-%m-%d"),
+                           "cpus": os.cpu_count(), "floorNote": FLOOR_NOTE}
+    ns: dict[str, Any] = {}
+    anchors: dict[str, Any] = {}
     try:
-        tree = root.prepare(work / "tree")
-        out = work / f"{NAME}.qcow2"
-        ns_times: list[float] = []
-        fl_times: list[float] = []
-        fl_split: tuple[float, float] = (0.0, 0.0)
-        best_steps: Steps | None = None
+        rtree = m.BoundTree(root, work / "anchor-root")
+        stree = m.BoundTree(root, work / "anchor-store", store_only=True)
         size = 0
+        rounds = 0
         for i in range(max(1, args.repeat)):
             if i and time.perf_counter() - started > args.budget:
-                log(f"budget of {args.budget:.0f} s used: stopping after {i} run(s)")
+                log(f"budget of {args.budget:.0f} s used: stopping after {i} round(s)")
                 break
-            dt, steps = time_nixslave(root, out)
-            if not ns_times or dt < min(ns_times):
-                best_steps = steps
-            ns_times.append(dt)
-            size = int(qemu_info(out)["virtual-size"])
-            log(f"run {i + 1}: nixslave {dt:.2f} s")
-            split = time_floor(tree, size, work)
-            if not fl_times or sum(split) < min(fl_times):
-                fl_split = split
-            fl_times.append(sum(split))
-            log(f"run {i + 1}: floor    {fl_times[-1]:.2f} s")
-        assert best_steps is not None
-        ns, fl = min(ns_times), min(fl_times)
-        res.update({"runs": len(ns_times), "nixslaveSeconds": ns, "floorSeconds": fl,
-                    "nixslaveAll": ns_times, "floorAll": fl_times, "virtualSize": size,
-                    "nixslaveOverFloor": ns / fl})
-        res["nixslavePhases"] = [{"step": m, "seconds": s}
-                                 for m, s in best_steps.phases(ns)]
-        res["nixslaveCalls"] = best_steps.calls
-        res["floorSplit"] = {"mkfs": fl_split[0], "convert": fl_split[1]}
-
-        # Allocation of nixslave's image against the closure.
-        info = qemu_info(out)
-        actual = int(info["actual-size"])
-        raw = work / "check.raw"
-        run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(out), str(raw)])
-        meta = ext4_metadata(raw)
-        raw.unlink()
-        from nixslave.backends.ext4 import tree_usage
-
-        usage = tree_usage(tree)
-        res["allocation"] = {
-            "actualSize": actual, "ratio": actual / nar, **meta,
-            "ratioWithoutMetadata": (actual - meta["metadata"]) / nar,
-            "treeDataBytes": usage.data, "treeDataOverNar": usage.data / nar,
-        }
-
+            rounds += 1
+            for label, (_spec, share) in LAYOUTS.items():
+                d = work / label.replace(" ", "-").replace(",", "")
+                d.mkdir(exist_ok=True)
+                dt, steps, art = time_nixslave(roots[label], d / f"{NAME}.qcow2", share)
+                best(ns, label, dt, phases=steps.phases(dt), calls=steps.calls,
+                     counts=steps.counts, allocation=allocation(art, nar),
+                     virtualSize=art.virtual_size)
+                if label == "disk":
+                    size = art.virtual_size
+                    if i == 0:
+                        res["diskMetadata"] = disk_metadata(art.image, work, root)
+                log(f"round {i + 1}: nixslave {label:<24} {dt:6.2f} s")
+            a, b, img = m.floor_same_flags(rtree, size, work)
+            best(anchors, "floor", a + b, mkfs=a, convert=b, allocation=m.allocated(img))
+            img.unlink()
+            a, b, img = m.floor_defaults(rtree, size, work)
+            best(anchors, "floorDefaults", a + b, mkfs=a, convert=b,
+                 allocation=m.allocated(img))
+            img.unlink()
+            e, img = m.erofs_alone(stree, work)
+            best(anchors, "erofs", e, allocation=m.allocated(img))
+            img.unlink()
+            log(f"round {i + 1}: floor {anchors['floor']['all'][-1]:.2f} s, floor with "
+                f"mke2fs defaults {anchors['floorDefaults']['all'][-1]:.2f} s, mkfs.erofs "
+                f"{anchors['erofs']['all'][-1]:.2f} s")
+        res["rounds"] = rounds
         if not args.skip_vmf:
             log("virt-make-fs (once; minutes under TCG)")
-            res["virtMakeFsSeconds"] = time_virt_make_fs(tree, size, work)
-            res["virtMakeFsOverNixslave"] = res["virtMakeFsSeconds"] / ns
-            log(f"virt-make-fs {res['virtMakeFsSeconds']:.1f} s")
-        force_rmtree(tree)
-        out.unlink()
-
-        # The shared layout: how much the share directory adds on this file system.
-        log("shared layout")
-        sdir = work / "shared"
-        sdir.mkdir()
-        sroot = build(MachineSpec.parse({"name": NAME, "toplevel": str(top),
-                                         "layout": "shared"}))
-        sdt, ssteps = time_nixslave(sroot, sdir / f"{NAME}.qcow2")
-        share = disk_mod.share_dir_path(sdir / f"{NAME}.qcow2", NAME)
-        extra = share_extra_bytes(share)
-        res["shared"] = {"seconds": sdt, "sameFilesystem": same_fs, **extra,
-                         "ratio": extra["total"] / nar,
-                         "statvfsDelta": ssteps.share_free_delta,
-                         "copySeconds": ssteps.calls.get("shared store copy")}
+            v, img = m.virt_make_fs(rtree, size, work, accel.guestfs_env())
+            best(anchors, "virtMakeFs", v, allocation=m.allocated(img))
+            img.unlink()
+            log(f"virt-make-fs {v:.1f} s")
     finally:
         force_rmtree(work)
+    res["nixslave"] = ns
+    res["anchors"] = anchors
+    res["virtualSize"] = size
+    disk = ns["disk"]["seconds"]
+    fsync = ns["disk"]["calls"].get("fsync of the build's files", 0.0)
+    res["nixslaveOverFloor"] = disk / anchors["floor"]["seconds"]
+    res["nixslaveWithoutFsyncOverFloor"] = (disk - fsync) / anchors["floor"]["seconds"]
+    floor = anchors["floor"]["seconds"]
+    res["floorDefaultsOverFloor"] = anchors["floorDefaults"]["seconds"] / floor
+    res["erofsOverAnchor"] = ns["store-disk erofs"]["seconds"] / anchors["erofs"]["seconds"]
+    if "virtMakeFs" in anchors:
+        res["virtMakeFsOverNixslave"] = anchors["virtMakeFs"]["seconds"] / disk
     res["totalSeconds"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(res, indent=2))
@@ -374,61 +253,85 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
 def report(r: dict[str, Any]) -> None:
-    print(f"closure: {r['closurePaths']} store paths, NAR {r['narSize'] / MIB:.1f} MiB "
-          f"(demo system + {r['padMiB']} MiB padding); image {r['virtualSize'] / MIB:.0f} MiB")
-    print(f"runs: nixslave and floor best of {r['runs']}, virt-make-fs once")
+    nar = r["narSize"]
+    ns, an = r["nixslave"], r["anchors"]
+    print(f"closure: {r['closurePaths']} store paths, NAR {nar / MIB:.1f} MiB "
+          f"(demo system + {r['padMiB']} MiB padding); disk image {r['virtualSize'] / MIB:.0f} MiB"
+          f" virtual")
+    print(f"runs: best of {r['rounds']} rounds (every build once per round), virt-make-fs once; "
+          f"{r['cpus']} CPUs")
+    print(f"  {r['floorNote']}")
     print()
-    print(f"{'method':<34}{'seconds':>9}")
-    print(f"{'nixslave (DiskBackend.materialize)':<34}{r['nixslaveSeconds']:>9.2f}   "
-          f"all: {', '.join(f'{t:.2f}' for t in r['nixslaveAll'])}")
-    print(f"{'floor (mkfs.ext4 -d + convert)':<34}{r['floorSeconds']:>9.2f}   "
-          f"all: {', '.join(f'{t:.2f}' for t in r['floorAll'])}")
-    if "virtMakeFsSeconds" in r:
-        print(f"{'virt-make-fs (TCG)':<34}{r['virtMakeFsSeconds']:>9.2f}")
+    print(f"{'build':<40}{'seconds':>8}  {'root MiB':>9}{'store MiB':>10}{'/ NAR':>7}   all")
+    for label, e in ns.items():
+        a = e["allocation"]
+        store = a.get("store", a.get("share"))
+        st = f"{store / MIB:>10.1f}" if store is not None else f"{'-':>10}"
+        print(f"{'nixslave ' + label:<40}{e['seconds']:>8.2f}  {a['root'] / MIB:>9.1f}{st}"
+              f"{a['storeOverNar']:>7.3f}   {', '.join(f'{t:.2f}' for t in e['all'])}")
+    rows = [("floor", "anchor: mkfs.ext4 -d + convert (nixslave's flags)", "root"),
+            ("floorDefaults", "anchor: same, mke2fs default flags", "root"),
+            ("erofs", "anchor: mkfs.erofs -zlz4 alone", "store"),
+            ("virtMakeFs", "anchor: virt-make-fs (TCG)", "root")]
+    for key, label, col in rows:
+        if key not in an:
+            continue
+        e = an[key]
+        alloc = e["allocation"] / MIB
+        cells = f"{alloc:>9.1f}{'-':>10}" if col == "root" else f"{'-':>9}{alloc:>10.1f}"
+        print(f"{label:<40}{e['seconds']:>8.2f}  {cells}{e['allocation'] / nar:>7.3f}   "
+              f"{', '.join(f'{t:.2f}' for t in e['all'])}")
+    print("(root/store MiB: host allocation, qcow2 actual-size or file blocks; for the shared "
+          "layouts 'store'\n is what the share directory adds on the host's file system; "
+          "/ NAR: the store part over the NAR size,\n the whole image for the disk layout and "
+          "the ext4 anchors)")
     print()
     rf = r["nixslaveOverFloor"]
-    print(f"{'nixslave / floor':<34}{rf:>9.2f}   goal <= {GOAL_FLOOR}  {verdict(rf <= GOAL_FLOOR)}")
+    print(f"{'nixslave disk / floor':<44}{rf:>7.2f}   goal <= {GOAL_FLOOR}  "
+          f"{verdict(rf <= GOAL_FLOOR)}")
+    print(f"{'  the same without nixslave fsync':<44}{r['nixslaveWithoutFsyncOverFloor']:>7.2f}")
+    print(f"{'floor with mke2fs defaults / floor':<44}{r['floorDefaultsOverFloor']:>7.2f}")
+    print(f"{'nixslave store-disk erofs / mkfs.erofs':<44}{r['erofsOverAnchor']:>7.2f}   "
+          "(the store-disk build also makes the root file system and converts both)")
     if "virtMakeFsOverNixslave" in r:
         rv = r["virtMakeFsOverNixslave"]
-        print(f"{'virt-make-fs / nixslave':<34}{rv:>9.2f}   goal >= {GOAL_VMF:g}   "
+        print(f"{'virt-make-fs / nixslave disk':<44}{rv:>7.2f}   goal >= {GOAL_VMF:g}   "
               f"{verdict(rv >= GOAL_VMF)}")
-    a = r["allocation"]
+    a, md = ns["disk"]["allocation"], r["diskMetadata"]
+    without = (a["root"] - md["metadata"]) / nar
     print()
-    print("image allocation (qcow2 actual-size) / NAR size")
-    print(f"  actual-size {a['actualSize'] / MIB:.1f} MiB / NAR {r['narSize'] / MIB:.1f} MiB"
-          f" = {a['ratio']:.3f}")
-    print(f"  metadata estimate {a['metadata'] / MIB:.1f} MiB = inode tables "
-          f"{a['inodeTables'] / MIB:.1f} MiB ({a['inodes']} x 256 B, "
-          f"{a['inodes'] - a['inodesFree']} used) + journal {a['journal'] / MIB:.1f} MiB")
-    print(f"  without that metadata: {a['ratioWithoutMetadata']:.3f}   goal <= {GOAL_ALLOC}  "
-          f"{verdict(a['ratioWithoutMetadata'] <= GOAL_ALLOC)}")
-    print(f"  (an upper bound: zeroed inode-table and journal blocks take no qcow2 clusters;"
-          f" the tree's\n  data and directories in 4 KiB blocks alone are "
-          f"{a['treeDataBytes'] / MIB:.1f} MiB = {a['treeDataOverNar']:.3f} x NAR)")
-    s = r["shared"]
+    print(f"disk layout: allocation {a['root'] / MIB:.1f} MiB / NAR {nar / MIB:.1f} MiB = "
+          f"{a['totalOverNar']:.3f}; metadata estimate {md['metadata'] / MIB:.1f} MiB (inode "
+          f"tables {md['inodeTables'] / MIB:.1f} MiB, {md['inodes'] - md['inodesFree']} of "
+          f"{md['inodes']} used; journal {md['journal'] / MIB:.1f} MiB)")
+    print(f"  without that metadata {without:.3f}   goal <= {GOAL_ALLOC}  "
+          f"{verdict(without <= GOAL_ALLOC)}; the closure in 4 KiB blocks alone is "
+          f"{md['treeDataBytes'] / nar:.3f} x NAR")
+    for label in ("shared, hardlink tree", "shared, zero-copy bind"):
+        sd = ns[label]["allocation"]["shareDetail"]
+        ratio = sd["total"] / nar
+        print(f"{label}: share adds {sd['dirBytes'] / MIB:.2f} MiB of directories + "
+              f"{sd['unlinkedBytes'] / MIB:.2f} MiB of non-hardlinked inodes = "
+              f"{ratio * 100:.2f} % of NAR   goal <= {GOAL_SHARE * 100:g} %  "
+              f"{verdict(ratio <= GOAL_SHARE)}")
     print()
-    same = "same file system as /nix/store" if s["sameFilesystem"] else \
-        "NOT the file system of /nix/store"
-    print(f"shared layout ({same}), share directory only:")
-    print(f"  directories {s['dirBytes'] / MIB:.2f} MiB + non-hardlinked inodes "
-          f"{s['unlinkedBytes'] / MIB:.2f} MiB ({s['unlinkedInodes']}) = "
-          f"{s['total'] / MIB:.2f} MiB = {s['ratio'] * 100:.2f} % of NAR   goal <= "
-          f"{GOAL_SHARE * 100:g} %  {verdict(s['ratio'] <= GOAL_SHARE)}")
-    if s["statvfsDelta"] is not None:
-        print(f"  statvfs free-space drop across the copy: {s['statvfsDelta'] / MIB:.2f} MiB "
-              f"(noisy: other writers share the file system); copy took "
-              f"{s['copySeconds']:.2f} s, whole shared build {s['seconds']:.2f} s")
-    print()
-    print(f"where nixslave's {r['nixslaveSeconds']:.2f} s go (progress messages):")
-    for p in r["nixslavePhases"]:
-        print(f"  {p['seconds']:>7.2f} s  {p['step']}")
-    print("timed internals:")
-    for k, v in r["nixslaveCalls"].items():
-        print(f"  {v:>7.2f} s  {k}")
-    fs = r["floorSplit"]
-    print(f"  {r['floorSeconds']:>7.2f} s  (floor, for comparison: mkfs.ext4 -d "
-          f"{fs['mkfs']:.2f} s + qemu-img convert {fs['convert']:.2f} s)")
+    for label, e in ns.items():
+        print(f"where nixslave {label}'s best {e['seconds']:.2f} s went (progress messages):")
+        for msg, sec in e["phases"]:
+            print(f"  {sec:>7.2f} s  {msg}")
+        print("  timed internals:")
+        for k, v in sorted(e["calls"].items(), key=lambda kv: -kv[1]):
+            n = e["counts"][k]
+            print(f"  {v:>7.2f} s  {k}" + (f" ({n} calls)" if n > 1 else ""))
+        if label == "disk":
+            f = an["floor"]
+            print(f"  (floor: mkfs.ext4 -d {f['mkfs']:.2f} s + qemu-img convert "
+                  f"{f['convert']:.2f} s)")
     print()
     print(f"benchmark wall time {r['totalSeconds']:.0f} s")
 

@@ -32,7 +32,21 @@ _PATH_FIELDS = ("image", "store_image", "share_dir")
 
 @dataclass
 class Artifact:
-    """The files of one materialized machine and how the host boots them."""
+    """The files of one materialized machine and how the host boots them.
+
+    Returned by ``build_image`` and saved beside the image as
+    ``<image>.nixslave.json``; :meth:`load` reads (and validates) it again,
+    so another process can run, inspect or upgrade the image with no other
+    state.  ``image`` is the file inside its build directory;
+    ``extra["published_as"]`` is the name the caller asked for.
+
+    Example:
+
+        >>> art = nixslave.Artifact.load(Path("web-1.qcow2"))
+        >>> art.format, art.layout, art.boot
+        ('qcow2', 'disk', 'direct')
+        >>> json.dumps(art.to_json())
+    """
 
     name: str
     kind: str                    # disk | vbox | nspawn | tar | oci | libvirt
@@ -54,9 +68,11 @@ class Artifact:
 
     @property
     def sidecar(self) -> Path:
+        """The ``<image>.nixslave.json`` file beside the image."""
         return sidecar_path(self.image)
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON types (paths as strings)."""
         d = asdict(self)
         for k in _PATH_FIELDS:
             d[k] = str(d[k]) if d[k] is not None else None

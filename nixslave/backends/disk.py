@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nixslave import boot, gcroots, interrupt, nix
-from nixslave.backends import Artifact, storebind
+from nixslave.backends import Artifact, storebind, storefs
 from nixslave.backends.ext4 import (
     MIB,
     derived_uuid,
@@ -41,7 +41,17 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DiskOptions:
-    """qcow2 knobs; ignored for raw output."""
+    """How a disk artifact is written: format, qcow2 knobs, overlay, GC root, share.
+
+    The machine itself (layout, boot, store file system) is the spec's; these
+    are the host-side choices that do not change what the guest sees.
+
+    Example:
+
+        >>> from nixslave import DiskOptions
+        >>> opts = DiskOptions(format="qcow2", compression="zstd", gcroot=False)
+        >>> opts.check()  # raises BuildError for combinations qemu-img refuses
+    """
 
     format: str = "qcow2"  # raw | qcow2 here; other backends read their own (build.FORMATS)
     cluster_size: int | None = None
@@ -50,6 +60,11 @@ class DiskOptions:
     overlay: Path | None = None  # also create a per-instance overlay here
     gcroot: bool = True
     checksum: bool = False       # record the image's sha256 in the artifact
+    # shared layout: "bind" serves the closure by bind mounts at run time
+    # (zero copy, needs a private mount namespace); "tree" makes a hardlink
+    # tree (what libvirt needs: it starts qemu itself); None picks bind
+    # where namespaces are available
+    share_method: Literal["bind", "tree"] | None = None
 
     def check(self) -> None:
         cs = self.cluster_size
@@ -168,12 +183,15 @@ class DiskBackend:
         try:
             mkfs(raw, tree, preexec=pre, **kw)
         except subprocess.SubprocessError:
-            # No private mount namespace after all: fall back to copies.
-            for entry in store_dir.iterdir():
-                force_rmtree(entry)
-            copy_paths(root.paths, store_dir)
-            os.utime(store_dir, (1, 1))
+            self._copy_instead(root, store_dir)
             mkfs(raw, tree, **kw)
+
+    def _copy_instead(self, root: Root, store_dir: Path) -> None:
+        """No private mount namespace after all: replace the stubs by copies."""
+        for entry in store_dir.iterdir():
+            force_rmtree(entry)
+        copy_paths(root.paths, store_dir)
+        os.utime(store_dir, (1, 1))
 
     def _fs_size(self, root: Root, tree: Path, *, with_store: bool) -> int:
         spec = root.spec
@@ -252,10 +270,12 @@ class DiskBackend:
                        size=fs_size, fs_uuid=fs_uuid)
             normalize_inode_times(raw)
         store_image = share_dir = None
+        share_info: dict[str, object] = {}
         if kind == "store-disk":
             store_image = self._store_disk(root, out, opts, work, say)
         elif kind in ("9p", "virtiofs"):
-            share_dir = self._share_dir(root, out, say)
+            share_dir, method = self._share_dir(root, out, opts, say)
+            share_info = {"shareMethod": method}
         say(f"writing {opts.format}")
         self._emit(raw, out, opts, work)
         artifact = Artifact(
@@ -266,6 +286,8 @@ class DiskBackend:
             sha256=sha256_file(out) if opts.checksum else "",
             virtual_size=fs_size + self._overhead(root), build=bs.id,
             extra={"closurePaths": len(root.paths), "narSize": root.nar_size,
+                   **({"storeFs": spec.store_fs_resolved} if kind == "store-disk" else {}),
+                   **share_info,
                    "demo": spec.demo, **loader, **boot_info, **(extra or {})},
         )
         interrupt.check()
@@ -292,31 +314,60 @@ class DiskBackend:
 
     def _store_disk(self, root: Root, out: Path, opts: DiskOptions, work: Path,
                     say: Progress, target: Path | None = None) -> Path:
-        say("making the read-only store disk")
+        fs = root.spec.store_fs_resolved
+        say(f"making the read-only store disk ({fs})")
         store_tree = work / "store-tree"
         store_tree.mkdir(mode=0o755)
         os.chmod(store_tree, 0o755)  # whatever the umask
         pre = self._fill_store(root, store_tree)
-        usage = tree_usage(store_tree, *(Path(p) for p in root.paths))
-        size = round_up(usage.min_fs_size(journal=False) + 8 * MIB, MIB)
         raw = work / "store.raw"
-        self._mkfs(root, pre, raw, store_tree, store_tree, label=STORE_LABEL, size=size,
-                   journal=False, fs_uuid=derived_uuid(root.toplevel, root.spec.name, "store"),
-                   inodes=usage.inodes + 256)
-        normalize_inode_times(raw)
+        fs_uuid = derived_uuid(root.toplevel, root.spec.name, "store")
+        if fs == "ext4":
+            usage = tree_usage(store_tree, *(Path(p) for p in root.paths))
+            size = round_up(usage.min_fs_size(journal=False) + 8 * MIB, MIB)
+            self._mkfs(root, pre, raw, store_tree, store_tree, label=STORE_LABEL, size=size,
+                       journal=False, fs_uuid=fs_uuid, inodes=usage.inodes + 256)
+            normalize_inode_times(raw)
+        else:
+            def make(pre: Callable[[], None] | None) -> None:
+                if fs == "erofs":
+                    storefs.make_erofs(raw, store_tree, label=STORE_LABEL, fs_uuid=fs_uuid,
+                                       preexec=pre)
+                else:
+                    storefs.make_squashfs(raw, store_tree, preexec=pre)
+            try:
+                make(pre)
+            except subprocess.SubprocessError:
+                self._copy_instead(root, store_tree)
+                make(None)
         target = target or store_image_path(out)
         self._emit(raw, target, DiskOptions(format=opts.format, cluster_size=opts.cluster_size,
                                             compression=opts.compression), work)
         return target
 
-    def _share_dir(self, root: Root, out: Path, say: Progress) -> Path:
-        """Exactly the closure, in the build directory: switched with the image."""
+    def _share_dir(self, root: Root, out: Path, opts: DiskOptions, say: Progress
+                   ) -> tuple[Path, str]:
+        """The share of a shared layout, in the build directory: switched with the image.
+
+        Zero copy by default: the directory stays empty and the runner
+        bind-mounts exactly the toplevel's closure onto it in a private mount
+        namespace (storebind.closure_view).  Where that is impossible, or
+        for engines that start qemu themselves, it is a hardlink tree (else
+        reflinks, else copies) of exactly the closure.
+        """
         target = share_dir_path(out)
         target.mkdir()
-        method = copy_paths(root.paths, target)
-        say(f"shared store made by {method}")
         os.chmod(target, 0o755)
-        return target
+        method = opts.share_method or ("bind" if storebind.available() else "tree")
+        if method == "bind":
+            say("shared store: zero copy (bind mounts in the runner's private namespace)")
+            os.utime(target, (1, 1))
+            return target, "bind"
+        how = copy_paths(root.paths, target)
+        reason = "" if opts.share_method else " (no private mount namespace: not root)"
+        say(f"shared store: {how} tree{reason}")
+        os.utime(target, (1, 1))
+        return target, how
 
     def _emit(self, raw: Path, target: Path, opts: DiskOptions, work: Path) -> None:
         """Convert (or move) the raw file into place with one rename."""

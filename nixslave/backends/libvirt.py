@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -39,9 +38,9 @@ from nixslave.backends.ext4 import derived_uuid
 from nixslave.backends.publish import BuildSet
 from nixslave.errors import BuildError
 from nixslave.nixos import ROOT_LABEL, STORE_LABEL, STORE_TAG, store_kind
+from nixslave.progress import Progress
 from nixslave.root import Root
 
-Progress = Callable[[str], None]
 NS = "https://nixslave.invalid/libvirt/1"  # our <metadata> element's namespace
 
 
@@ -262,8 +261,11 @@ class LibvirtBackend:
                 say(msg)
 
         disk_name = f"{spec.name}.{fmt}"
+        # libvirt starts qemu itself, outside any namespace of ours: its
+        # <filesystem> needs a real tree, not the zero-copy view.
         inner = DiskBackend().materialize(root, bs.work / disk_name,
-                                          replace(opts.disk, gcroot=False, checksum=False),
+                                          replace(opts.disk, gcroot=False, checksum=False,
+                                                  share_method="tree"),
                                           progress=nested)
         # Move the nested build's files into ours (same file system: renames).
         os.replace(inner.image, bs.dir / disk_name)

@@ -47,10 +47,10 @@ from nixslave import gcroots, interrupt, nix
 from nixslave.backends import Artifact
 from nixslave.backends.publish import BuildSet
 from nixslave.errors import BuildError, SpecError
+from nixslave.progress import Progress
 from nixslave.root import Root, force_rmtree
 from nixslave.spec import check_name
 
-Progress = Callable[[str], None]
 STORE = "container"          # the sidecar's ``store`` for every container artifact
 KILL_SIGNAL = "SIGRTMIN+3"   # what systemd (NixOS's PID 1) takes as "power off"
 

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,9 +53,9 @@ from nixslave.backends.nspawn import (
 from nixslave.backends.publish import BuildSet
 from nixslave.backends.tar import Entry, Written, scan, write_archive
 from nixslave.errors import BuildError
+from nixslave.progress import Progress
 from nixslave.root import Root
 
-Progress = Callable[[str], None]
 CREATED = "1970-01-01T00:00:01Z"  # the store's epoch, as every mtime in the layers
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

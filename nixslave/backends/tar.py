@@ -26,7 +26,7 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -42,9 +42,9 @@ from nixslave.backends.nspawn import (
 )
 from nixslave.backends.publish import BuildSet
 from nixslave.errors import BuildError
+from nixslave.progress import Progress
 from nixslave.root import Root
 
-Progress = Callable[[str], None]
 EPOCH = 1
 GZIP_LEVEL = 6
 
@@ -182,10 +182,10 @@ def write_archive(entries: Iterable[Entry], path: Path,
                   compression: Literal["gzip"] | None) -> Written:
     """Write a tar (optionally gzipped) to ``path``, hashing both layers on the way."""
     with open(path, "wb") as raw:
-        outer = HashingWriter(raw)  # type: ignore[arg-type]
+        outer = HashingWriter(raw)  # type: ignore[arg-type, unused-ignore]
         if compression == "gzip":
             # filename="" and mtime=0 keep the gzip header free of host facts
-            with gzip.GzipFile(filename="", mode="wb", fileobj=outer,  # type: ignore[arg-type]
+            with gzip.GzipFile(filename="", mode="wb", fileobj=outer,  # type: ignore[arg-type, unused-ignore]
                                compresslevel=GZIP_LEVEL, mtime=0) as gz:
                 inner = HashingWriter(gz)  # type: ignore[arg-type]
                 n = write_tar(entries, inner)  # type: ignore[arg-type]

@@ -38,7 +38,6 @@ import os
 import shlex
 import subprocess
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -51,9 +50,9 @@ from nixslave.backends.ext4 import FAKE_TIME, derived_uuid
 from nixslave.backends.publish import BuildSet
 from nixslave.errors import BuildError
 from nixslave.nixos import store_kind
+from nixslave.progress import Progress
 from nixslave.root import Root
 
-Progress = Callable[[str], None]
 VboxFormat = Literal["vdi", "vmdk", "ova"]
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -387,6 +386,11 @@ def check_root(root: Root, fmt: str) -> None:
                          where=f"{where}.layout",
                          hint="VirtualBox cannot serve a 9p/virtiofs store; "
                               "use --layout disk or store-disk")
+    if spec.layout == "store-disk" and spec.store_fs_resolved == "squashfs":
+        raise BuildError(f"a squashfs store disk cannot be a {fmt} artifact",
+                         where=f"{where}.store_fs",
+                         hint="squashfs has no label and VirtualBox's disks no virtio "
+                              "serial to find it by; use --store-fs erofs")
     if spec.boot == "direct":
         raise BuildError(f"direct boot cannot be a {fmt} artifact", where=f"{where}.boot",
                          hint="VirtualBox boots only from the disk; use --boot bios or uefi")

@@ -30,11 +30,20 @@ GROUPS: dict[str, tuple[str, str]] = {
     "image": ("nixslave.cli.image", "Build and inspect disk images."),
     "net": ("nixslave.cli.net", "Plan, render and draw network topologies."),
     "gc": ("nixslave.cli.gc", "Host GC roots that keep guest closures alive."),
+    "fleet": ("nixslave.cli.fleet", "Fleet files: JSON Schema and validation."),
 }
 # single commands -> (module, function)
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("nixslave.cli.doctor", "doctor"),
     "run": ("nixslave.cli.run", "run"),
+    # a fleet's life: nixslave.cli.fleet
+    "up": ("nixslave.cli.fleet", "up"),
+    "status": ("nixslave.cli.fleet", "status"),
+    "console": ("nixslave.cli.fleet", "console"),
+    "logs": ("nixslave.cli.fleet", "logs"),
+    "exec": ("nixslave.cli.fleet", "exec_"),
+    "switch": ("nixslave.cli.fleet", "switch"),
+    "down": ("nixslave.cli.fleet", "down"),
 }
 
 

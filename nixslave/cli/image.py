@@ -46,6 +46,12 @@ class ShareKind(str, Enum):  # noqa: UP042
     virtiofs = "virtiofs"
 
 
+class StoreFs(str, Enum):  # noqa: UP042
+    ext4 = "ext4"
+    erofs = "erofs"
+    squashfs = "squashfs"
+
+
 class Compress(str, Enum):  # noqa: UP042
     zstd = "zstd"
     zlib = "zlib"
@@ -63,6 +69,8 @@ def build(
     boot: Boot = typer.Option(None, "--boot", help="Who loads the kernel (default: direct "
                               "for disks and libvirt, bios for VirtualBox)."),
     share: ShareKind = typer.Option(ShareKind.ninep, "--share", help="Shared store transport."),
+    store_fs: StoreFs = typer.Option(None, "--store-fs", help="Store disk file system "
+                                     "(default erofs; store-disk layout only)."),
     size: str = typer.Option(None, "--size", help="Disk size (e.g. 2G); automatic if unset."),
     memory: int = typer.Option(512, "--memory", help="Guest memory in MiB."),
     cpus: int = typer.Option(1, "--cpus"),
@@ -91,12 +99,13 @@ def build(
         name=name if name is not None else (node or "demo"), demo=demo, config=config,
         nixpkgs=nixpkgs, toplevel=toplevel, flake=flake, with_nix=with_nix, boot=boot_mode,
         layout=layout.value, share=share.value, size=size, memory=memory, cpus=cpus,
+        store_fs=store_fs.value if store_fs else None,
         halt=(topology is None) if halt is None else halt))
     options = DiskOptions(
         format=fmt.value,
         cluster_size=valid_size(cluster_size, "--cluster-size") if cluster_size else None,
         preallocation=preallocation,  # type: ignore[arg-type]
-        compression=compress.value if compress else None,  # type: ignore[arg-type]
+        compression=compress.value if compress else None,  # type: ignore[arg-type, unused-ignore]
         overlay=overlay, checksum=checksum)
     artifact = build_image(spec, Path(out), options, topology=topology, node=node,
                            progress=progress_printer(json_out))

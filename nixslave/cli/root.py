@@ -74,6 +74,8 @@ def module(
     layout: str = typer.Option("disk", "--layout", help="disk, store-disk or shared."),
     boot: str = typer.Option("direct", "--boot", help="direct, bios or uefi."),
     share: str = typer.Option("9p", "--share", help="Shared store transport: 9p or virtiofs."),
+    store_fs: str = typer.Option(None, "--store-fs", help="Store disk file system: erofs "
+                                 "(default), squashfs or ext4."),
     with_nix: bool = WITH_NIX,
     ssh_key: list[str] = typer.Option(None, "--ssh-key", help="Root's authorized key "
                                       "(repeatable)."),
@@ -96,7 +98,7 @@ def module(
     spec = MachineSpec.parse(spec_data(
         name=name if name is not None else (node or "demo"), demo=True, config=None,
         nixpkgs=None, toplevel=None, flake=None, layout=layout, boot=boot, share=share,
-        with_nix=with_nix, ssh_keys=tuple(ssh_key or ())))
+        store_fs=store_fs, with_nix=with_nix, ssh_keys=tuple(ssh_key or ())))
     network = None
     if topology is not None:
         from nixslave.topology import load_plan, node_network

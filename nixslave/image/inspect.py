@@ -31,6 +31,7 @@ from nixslave.image.access import (
     probe_image,
 )
 from nixslave.nixos import STORE_LABEL
+from nixslave.progress import Progress
 
 SYSTEM_LINK = "nix/var/nix/profiles/system"
 PROFILES = "nix/var/nix/profiles"
@@ -58,6 +59,13 @@ class ImageReport:
     Manifest-derived fields are ``None`` when there is no usable manifest;
     ``store_complete`` is ``None`` when the store is not in the inspected
     images (a shared host directory, or a store disk that was not given).
+
+    Example:
+
+        >>> report = nixslave.inspect_image(Path("web-1.qcow2"))
+        >>> if report.missing_paths:
+        ...     print(f"{report.name}: {len(report.missing_paths)} store paths missing")
+        >>> json.dumps(report.to_json())
     """
 
     path: str
@@ -176,21 +184,38 @@ def _built_store_image(path: Path) -> Path | None:
 
 
 def inspect_image(path: Path, *, store_image: Path | None = None,
-                  health: bool = False) -> ImageReport:
+                  health: bool = False, progress: Progress | None = None) -> ImageReport:
     """Inspect ``path`` (and the store image of a store-disk layout) in one launch.
+
+    Nothing is written and nothing from the image runs on the host: the
+    drives are added read-only with an explicit format, and the manifest is
+    validated as untrusted input.  The store disk that the image's own build
+    made is found through its sidecar when ``store_image`` is not given.
 
     ``health`` adds a second, read-only pass: the repair's checks (file
     system, NAR hashes of the store, boot configuration) on a throwaway
-    overlay.
+    overlay.  An image that cannot be read at all raises
+    :class:`nixslave.ImageError`; one that is readable but not NixOS
+    gets a report with ``is_nixos`` false and the ``reason``.
+
+    Example:
+
+        >>> import nixslave
+        >>> report = nixslave.inspect_image(Path("web-1.qcow2"), progress=print)
+        >>> report.is_nixslave, report.layout, report.store_complete
+        (True, 'disk', True)
     """
+    say = progress or (lambda _m: None)
     path = Path(path)
     if health:
         from nixslave.image.repair import health as check_health
 
-        report = inspect_image(path, store_image=store_image)
+        report = inspect_image(path, store_image=store_image, progress=progress)
         if report.is_nixos:
-            report.health = check_health(path, store_image=store_image).to_json()
+            report.health = check_health(path, store_image=store_image,
+                                         progress=progress).to_json()
         return report
+    say(f"inspecting {path}")
     info = probe_image(path)
     drives = [(path, str(info["format"]))]
     if store_image is None:
@@ -203,12 +228,23 @@ def inspect_image(path: Path, *, store_image: Path | None = None,
         return _guarded(g, path, info, devices[0], devices[1:], store_image)
 
 
-def inspect_images(paths: Sequence[Path]) -> list[ImageReport | ImageError]:
+def inspect_images(paths: Sequence[Path], *,
+                   progress: Progress | None = None) -> list[ImageReport | ImageError]:
     """Inspect several images in one launch; each gets its report or its error.
 
     For checking a set of machines at once: a launch costs far more than
     reading an image, so a batch costs about as much as a single image.
+    The result has one entry per path, in order; an image that cannot be
+    read gets its :class:`nixslave.ImageError` in its place rather
+    than failing the batch.
+
+    Example:
+
+        >>> import nixslave
+        >>> for r in nixslave.inspect_images([Path("a.qcow2"), Path("b.qcow2")]):
+        ...     print(r if isinstance(r, nixslave.ImageError) else r.toplevel)
     """
+    say = progress or (lambda _m: None)
     out: list[ImageReport | ImageError | None] = []
     drives: list[tuple[Path, str]] = []
     infos: list[tuple[int, Path, dict[str, Any]]] = []
@@ -222,6 +258,7 @@ def inspect_images(paths: Sequence[Path]) -> list[ImageReport | ImageError]:
         drives.append((p, str(info["format"])))
         out.append(None)
     if drives:
+        say(f"inspecting {len(drives)} images")
         with guestfs_handle() as g:
             devices = launch(g, drives, ", ".join(str(p) for p, _ in drives))
             for (slot, p, info), disk in zip(infos, devices, strict=True):

@@ -31,9 +31,9 @@ from nixslave.backends.ext4 import MIB, derived_uuid, tree_usage
 from nixslave.errors import ImageError
 from nixslave.image.target import Target, exclusive, open_target
 from nixslave.nixos import ROOT_LABEL
+from nixslave.progress import Progress
 from nixslave.root import Root, force_rmtree
 
-Progress = Callable[[str], None]
 Peek = Callable[["Part"], "str | None"]
 ALIGN = MIB                  # new partitions start and end on a 1 MiB boundary
 GPT_ENTRIES = 128 * 128      # bytes of GPT's partition entry array (and its backup)
@@ -49,7 +49,13 @@ GROW_HINT = ("grow the disk first: qemu-img resize IMG +{gib}G (nixslave moves a
 
 @dataclass
 class InstallReport:
-    """What was written where, for the CLI's --json and for scripts."""
+    """What was written where, for the CLI's --json and for scripts.
+
+    Example:
+
+        >>> r = nixslave.install_root(Path("disk.raw"), root, new_partition=True)
+        >>> print(f"{r.toplevel} in partition {r.partition} ({r.table}) at {r.start}")
+    """
 
     image: str
     format: str
@@ -111,8 +117,22 @@ def install(target: Path, root: Root, *, partition: int | None = None,
             progress: Progress | None = None) -> InstallReport:
     """Install ``root`` into partition ``partition`` of ``target``, or into a new one.
 
-    Every refusal happens before the first write; the sidecar written beside
-    the image lets ``nixslave run IMG`` boot the installed root directly.
+    The other partitions of the disk are left alone: this is how a root goes
+    beside an existing system.  ``partition`` names an existing partition
+    to overwrite (``force`` is needed when it holds a file system with
+    files); ``new_partition`` makes one in the free space instead.  Every
+    refusal (no room, an encrypted or foreign partition, a running guest)
+    is an :class:`nixslave.ImageError` raised before the first
+    write; the sidecar written beside the image lets ``run_artifacts`` boot
+    the installed root directly.
+
+    Example:
+
+        >>> import nixslave
+        >>> root = nixslave.build_root(nixslave.MachineSpec(name="web-1", demo=True))
+        >>> report = nixslave.install_root(Path("disk.raw"), root, new_partition=True)
+        >>> report.created
+        True
     """
     say = progress or (lambda _m: None)
     check_request(root, partition, new_partition, str(target))

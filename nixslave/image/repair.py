@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,15 +42,25 @@ from nixslave.image.session import Session, mount_root, open_session
 from nixslave.image.target import Target, exclusive, open_target
 from nixslave.image.verify import StoreCheck, expected_hashes, verify_store
 from nixslave.nixos import ROOT_LABEL, STORE_LABEL
+from nixslave.progress import Progress
 from nixslave.root import Root
 from nixslave.spec import MachineSpec
-
-Progress = Callable[[str], None]
 
 
 @dataclass
 class Finding:
-    """One thing found wrong, and what was (or would be) done about it."""
+    """One thing found wrong, and what was (or would be) done about it.
+
+    ``check`` names the check that found it (``filesystem``, ``store``,
+    ``manifest``, ``boot loader``, ...), so a tool can group findings
+    without parsing the text.
+
+    Example:
+
+        >>> report = nixslave.repair_image(Path("web-1.qcow2"), dry_run=True)
+        >>> for f in report.findings:
+        ...     print(f"{f.check}: {f.problem} -> {f.action or 'left alone'}")
+    """
 
     check: str
     problem: str
@@ -61,7 +70,20 @@ class Finding:
 
 @dataclass
 class RepairReport:
-    """Findings and actions; the CLI prints this with ``--json``."""
+    """Findings and actions; the CLI prints this with ``--json``.
+
+    ``clean`` means nothing was wrong; ``healthy`` that everything found was
+    fixed (or would be, in a dry run).  ``backup`` says how to return to the
+    image as it was before the repair; ``missing_on_host`` lists store paths
+    that were damaged in the image and absent from the host's store, so
+    could not be copied again.
+
+    Example:
+
+        >>> report = nixslave.repair_image(Path("web-1.qcow2"))
+        >>> if not report.healthy:
+        ...     print("still broken; back with:", report.backup)
+    """
 
     image: str
     dry_run: bool
@@ -94,7 +116,30 @@ class RepairReport:
 
 def repair(image: Path, *, dry_run: bool = False, backup: bool = True,
            store_image: Path | None = None, progress: Progress | None = None) -> RepairReport:
-    """Check the stopped image at ``image`` and fix what can be fixed."""
+    """Check the stopped image at ``image`` and fix what can be fixed.
+
+    One appliance launch checks, in order, the file system, leftovers of
+    killed operations, the manifest and ``system`` link, every store path
+    against its NAR hash (damaged ones are copied again from the host's
+    store), the guest's Nix database and the boot loader.  Before the first
+    write the image gets a safety snapshot (qcow2) or copy (raw, when
+    ``backup``), named in ``RepairReport.backup``.  ``dry_run`` adds the
+    drives read-only: the report is that of the real repair and nothing is
+    written.  User data outside the store and boot files is never touched.
+    ``store_image`` is the store disk of a store-disk image, by default the
+    one the image's own build made (found through its sidecar).
+
+    The guest must be stopped: a running qemu's lock, or a ``run`` holding
+    the build, makes this raise :class:`nixslave.ImageError` before
+    anything is read.
+
+    Example:
+
+        >>> import nixslave
+        >>> report = nixslave.repair_image(Path("web-1.qcow2"), progress=print)
+        >>> report.healthy, [f.check for f in report.findings]
+        (True, ['store'])
+    """
     say = progress or (lambda _m: None)
     start = time.monotonic()
     t = open_target(Path(image), write=not dry_run)
@@ -384,7 +429,14 @@ def _nix_db(s: Session, manifest: dict[str, Any], report: RepairReport) -> None:
 
 @dataclass
 class Health:
-    """The health summary `inspect --health` prints: a dry-run repair, condensed."""
+    """The health summary `inspect --health` prints: a dry-run repair, condensed.
+
+    Example:
+
+        >>> h = nixslave.image_health(Path("web-1.qcow2"))
+        >>> (h.filesystem, h.store, h.boot, h.state)
+        ('clean', 'verified', 'consistent', 'clean')
+    """
 
     filesystem: str          # clean | errors
     store: str               # verified | damaged | incomplete on host | not checked
@@ -397,9 +449,22 @@ class Health:
         return asdict(self)
 
 
-def health(image: Path, *, store_image: Path | None = None) -> Health:
-    """Check ``image`` without writing it (every write goes to a throwaway overlay)."""
-    r = repair(image, dry_run=True, store_image=store_image)
+def health(image: Path, *, store_image: Path | None = None,
+           progress: Progress | None = None) -> Health:
+    """Check ``image`` without writing it (every write goes to a throwaway overlay).
+
+    The checks are the repair's (a dry run, one launch); the answer is
+    condensed into a word per area, with the findings beside it.
+    ``store_image`` is as for :func:`repair_image`.
+
+    Example:
+
+        >>> import nixslave
+        >>> h = nixslave.image_health(Path("web-1.qcow2"))
+        >>> h.store == "verified" or print(h.findings)
+        True
+    """
+    r = repair(image, dry_run=True, store_image=store_image, progress=progress)
     checks = {f.check for f in r.findings}
     store_bad = checks & {"store", "store modes", "store owners", "store disk"}
     return Health(

@@ -38,13 +38,13 @@ from nixslave.errors import ImageError
 from nixslave.image.access import FORMATS, MANIFEST, Fs, filesystems, partition_table
 from nixslave.image.inspect import MANIFEST_MAX, NO_FS_HINT, validate_manifest
 from nixslave.nixos import ROOT_LABEL, STORE_LABEL
+from nixslave.progress import Progress
 
 SYSROOT = "/sysroot"   # the root file system inside the appliance
 ESP = "/esp"           # the EFI system partition, when there is one
 STAGING = ".nixslave-staging-"
 TMP = ".nixslave-tmp-"
 SYSTEM_LINK = "nix/var/nix/profiles/system"
-Progress = Callable[[str], None]
 
 
 @dataclass

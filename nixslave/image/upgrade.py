@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,27 @@ from nixslave.image.access import MANIFEST
 from nixslave.image.session import ESP, TMP, Session, open_session
 from nixslave.image.target import Target, exclusive, open_target
 from nixslave.nixos import store_kind
+from nixslave.progress import Progress
 from nixslave.root import Root
 from nixslave.spec import MachineSpec
 
-Progress = Callable[[str], None]
 SOURCE_KEYS = ("demo", "config", "flake", "toplevel", "nixpkgs")
 
 
 @dataclass
 class UpgradeReport:
-    """What an upgrade changed; the CLI prints this with ``--json``."""
+    """What an upgrade changed; the CLI prints this with ``--json``.
+
+    ``changed`` is false when the image already ran the new system (nothing
+    was written).  ``paths_added``/``bytes_added`` are the delta copied in,
+    ``paths_removed`` what ``gc`` dropped, and ``cmdline`` the new kernel
+    command line of a direct-boot image.
+
+    Example:
+
+        >>> r = nixslave.upgrade_image(Path("web-1.qcow2"), root=new_root)
+        >>> print(f"{r.old_toplevel} -> {r.new_toplevel}: +{r.paths_added} paths")
+    """
 
     image: str
     name: str
@@ -81,6 +91,23 @@ def upgrade(image: Path, *, root: Root | None = None, source: dict[str, Any] | N
     ``root`` is a system the caller built; otherwise the image's own spec
     (from its manifest) with ``source`` applied (``{"toplevel": …}``,
     ``{"demo": True}``, ``{"config": …}`` or ``{"flake": …}``) is built.
+
+    Only the store paths the image lacks are copied in, then the system
+    link, boot files and manifest are switched so that a kill at any moment
+    leaves an image that boots the old system or the new one.  ``gc``
+    removes the old system's paths that the new one does not use.  The
+    root's layout and boot mode must match the image's, and the guest must
+    be stopped; otherwise :class:`nixslave.ImageError` is raised
+    before anything is written.
+
+    Example:
+
+        >>> import nixslave
+        >>> spec = nixslave.MachineSpec(name="web-1", config=Path("web-1.nix"))
+        >>> new = nixslave.build_root(spec)
+        >>> report = nixslave.upgrade_image(Path("web-1.qcow2"), root=new, gc=True)
+        >>> report.new_toplevel == new.toplevel
+        True
     """
     say = progress or (lambda _m: None)
     start = time.monotonic()
@@ -306,7 +333,11 @@ def _switch_outer_store(t: Target, manifest: dict[str, Any], root: Root,
         report.store_image = str(_new_store_disk(t, a, both, say))
         a.store_image = Path(report.store_image)
     elif a.share_dir is not None:
-        _fill_share(a.share_dir, both.paths if union else root.paths, prune=not union)
+        if a.extra.get("shareMethod") == "bind":
+            # zero copy: the runner serves the sidecar's toplevel's closure
+            say("the shared store is zero-copy: nothing to copy")
+        else:
+            _fill_share(a.share_dir, both.paths if union else root.paths, prune=not union)
         report.share_dir = str(a.share_dir)
     a.save()
 

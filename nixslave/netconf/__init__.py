@@ -4,7 +4,18 @@ into the guest's own configuration so both sides agree on names, MACs and
 addresses.
 
 This package imports nothing from the rest of nixslave so other tools can
-use it alone.
+use it alone.  Its public names are those in ``__all__``; its modules are
+internal.
+
+Example:
+
+    >>> from nixslave import netconf
+    >>> topo = netconf.topology_from_data({
+    ...     "name": "lab", "nodes": {"a": {}, "gw": {"kind": "router"}, "b": {}},
+    ...     "segments": {"lan": {}}, "links": [["a", "gw"], ["gw", "lan"], ["b", "lan"]]})
+    >>> p = netconf.plan(topo)
+    >>> [(i.name, i.mac) for i in p.node("gw").interfaces]
+    >>> p.peers("a")  # every address a must reach, by node
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class SubnetPool:
     def block(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network,
               where: str = "") -> None:
         """Keep a static prefix out of dynamic allocation."""
-        if prefix.version == self.net.version and prefix.overlaps(self.net):  # type: ignore[arg-type]
+        if prefix.version == self.net.version and prefix.overlaps(self.net):  # type: ignore[arg-type, unused-ignore]
             lo = max(int(prefix.network_address), self.base)
             hi = min(int(prefix.broadcast_address), self.last)
             self.blocked.append((lo, hi, where or str(prefix)))

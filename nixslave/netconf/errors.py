@@ -37,7 +37,19 @@ def one_line(text: object, limit: int = MAX_PART) -> str:
 
 
 class NetconfError(Exception):
-    """Base of every error netconf raises on purpose."""
+    """Base of every error netconf raises on purpose.
+
+    Carries ``where``, ``what`` and ``hint`` like nixslave's own errors
+    (``nixslave.NixslaveError``), each one printable line however hostile
+    the input it quotes.
+
+    Example:
+
+        >>> try:
+        ...     netconf.plan(netconf.load_topology("lab.yml"))
+        ... except netconf.NetconfError as exc:
+        ...     print(exc.where, exc.what, exc.hint, sep=" | ")
+    """
 
     layer = "netconf"
 
@@ -77,8 +89,23 @@ class NetconfError(Exception):
 
 
 class TopologyError(NetconfError):
-    """The topology description is invalid or cannot be planned."""
+    """The topology description is invalid or cannot be planned.
+
+    Example:
+
+        >>> netconf.plan(netconf.topology_from_data({"name": "lab", "links": [["a", "b"]]}))
+        Traceback (most recent call last):
+        nixslave.netconf.errors.TopologyError: links[0].endpoints[0]: unknown node or segment 'a'...
+    """
 
 
 class WiringError(NetconfError):
-    """A plan cannot be wired onto a backend (socket path too long, ...)."""
+    """A plan cannot be wired onto a backend (socket path too long, ...).
+
+    Example:
+
+        >>> try:
+        ...     nixslave.run_artifacts(arts, plan=p, rundir=Path("/a/very/long/path"))
+        ... except netconf.WiringError as exc:
+        ...     print(exc.hint)
+    """

@@ -400,18 +400,18 @@ def check_ifname(b: Builder, raw: Any, path: str, what: str = "interface") -> st
     (``ethernet-1/1``) are aliases the lab tool maps itself: the planned
     ethN name replaces them, with a warning. A name of Linux characters
     that is too long is a mistake in the lab (the kernel refuses it)."""
-    raw = text(raw, b.at(path), f"write the {what} name as text")
-    if not raw:
+    name = text(raw, b.at(path), f"write the {what} name as text")
+    if not name:
         raise TopologyError(f"the {what} name is empty", where=b.at(path),
                             hint="write node:interface, e.g. r1:eth1")
-    if LINUX_IFNAME_CHARS.match(raw):
-        if len(raw) > 15:
-            raise TopologyError(f"interface name {raw!r} is longer than 15 characters",
+    if LINUX_IFNAME_CHARS.match(name):
+        if len(name) > 15:
+            raise TopologyError(f"interface name {name!r} is longer than 15 characters",
                                 where=b.at(path), hint="Linux interface names have at most "
                                 "15 characters")
-        if IFNAME_RE.match(raw) and raw not in (".", ".."):
-            return raw
-    b.warn("interface names Linux cannot use replaced by planned ethN names", f"{path} ({raw})")
+        if IFNAME_RE.match(name) and name not in (".", ".."):
+            return name
+    b.warn("interface names Linux cannot use replaced by planned ethN names", f"{path} ({name})")
     return None
 
 

@@ -34,7 +34,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         if key_node.tag == MERGE_TAG:
             continue  # `<<: *defaults` may be overridden by the keys beside it
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call, unused-ignore]
         line = f"line {key_node.start_mark.line + 1}"
         try:
             duplicate = key in seen
@@ -234,7 +234,20 @@ def validation_to_error(exc: ValidationError, source: str = "") -> TopologyError
 
 
 def topology_from_data(data: Any, *, source: str = "") -> Topology:
-    """Build a Topology from plain data, as the Python API and files both do."""
+    """Build a Topology from plain data, as the Python API and files both do.
+
+    ``data`` is what a topology file holds, as dicts and lists; ``source``
+    prefixes every error's ``where`` (a file name, say).  Invalid data
+    raises :class:`TopologyError` naming the element (``links[2].endpoints``).
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> topo = netconf.topology_from_data(
+        ...     {"name": "pair", "nodes": ["a", "b"], "links": [["a", "b"]]})
+        >>> sorted(topo.nodes)
+        ['a', 'b']
+    """
     if not isinstance(data, Mapping):
         raise TopologyError(
             "a topology must be a mapping with 'name', 'nodes' and 'links'",
@@ -327,7 +340,19 @@ def read_data(path: Path) -> Any:
 
 
 def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file (.yml/.yaml, .json or .toml)."""
+    """Read and validate a topology file (.yml/.yaml, .json or .toml).
+
+    The file is untrusted input: duplicate keys, deep nesting, huge files
+    and invalid values are refused with a :class:`TopologyError` that names
+    the file and line or element.
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> topo = netconf.load_topology("examples/pair.yml")
+        >>> topo.name, sorted(topo.nodes)
+        ('pair', ['alpha', 'beta'])
+    """
     from .plan import gc_paused  # a big lab is hundreds of thousands of small objects
 
     p = Path(path)

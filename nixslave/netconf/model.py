@@ -270,7 +270,27 @@ class StaticRoute(_Strict):
 
 
 class Topology(_Strict):
-    """A whole network: the single description every backend is wired from."""
+    """A whole network: the single description every backend is wired from.
+
+    Nodes (``vm``, ``router``, ...), LAN segments, links (a ``[a, b]`` pair
+    is a p2p link; ``[a, segment]`` puts ``a`` on the segment), address
+    pools and routing.  Build it from data with :func:`topology_from_data`
+    or from a file with :func:`load_topology`, which turn every mistake into
+    a :class:`TopologyError` that names the element; :func:`json_schema`
+    gives the schema for editors.
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> topo = netconf.topology_from_data({
+        ...     "name": "lab",
+        ...     "nodes": {"a": {"kind": "vm"}, "r": {"kind": "router"}, "b": {}},
+        ...     "segments": {"lan": {}},
+        ...     "links": [["a", "r"], ["r", "lan"], ["b", "lan"]],
+        ... })
+        >>> topo.nodes["r"].kind
+        'router'
+    """
 
     name: str
     nodes: dict[str, Node] = Field(default_factory=dict)
@@ -350,5 +370,12 @@ def _from_list(key: str, items: list[Any]) -> dict[Any, Any]:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of topology files, for editors and other tools."""
+    """The JSON Schema of topology files, for editors and other tools.
+
+    Example:
+
+        >>> import json
+        >>> from nixslave import netconf
+        >>> Path("topology.schema.json").write_text(json.dumps(netconf.json_schema()))
+    """
     return Topology.model_json_schema()

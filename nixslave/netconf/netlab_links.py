@@ -326,7 +326,7 @@ class _LinksMixin:
                                     where=self.b.at(link.pool_at), hint="enlarge the pool")
             cand = ipaddress.ip_network((int(pool.network_address) + k * size, plen))
             k += 1
-            if not any(cand.overlaps(t) for t in taken if t.version == fam):  # type: ignore[arg-type]
+            if not any(cand.overlaps(t) for t in taken if t.version == fam):  # type: ignore[arg-type, unused-ignore]
                 break
         nxt[(pname, fam)] = k
         taken.append(cand)
@@ -500,13 +500,13 @@ class _LinksMixin:
                 raise TopologyError(f"host number {v} is outside {net}", where=b.at(at),
                                     hint="use a smaller number")
             return f"{net.network_address + v}/{net.prefixlen}"
-        v = text(v, b.at(at), "write an address, or address/length")
-        if "/" in v:
-            return v
+        addr = text(v, b.at(at), "write an address, or address/length")
+        if "/" in addr:
+            return addr
         if fam in link.prefix:
             plen = ipaddress.ip_network(link.prefix[fam][0]).prefixlen
         else:
             plen = self._plen(link.pool, fam)
             if link.kind == "p2p" and link.pool == "p2p" and fam == 4 and plen not in (30, 31):
                 plen = 30
-        return f"{v}/{plen}"
+        return f"{addr}/{plen}"

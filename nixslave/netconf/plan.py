@@ -30,6 +30,18 @@ Fmt = Callable[[Any], str]
 
 @dataclass
 class InterfacePlan:
+    """One planned interface of a node: the name and MAC both sides use.
+
+    ``kind`` is ``p2p``, ``lan`` or ``mgmt``; ``peer`` is the node at the
+    other end of a p2p link, ``segment`` the LAN segment of a lan one.
+    The guest matches the interface by ``mac`` and renames it to ``name``.
+
+    Example:
+
+        >>> eth0 = p.node("edge").interface("eth0")
+        >>> eth0.mac, [str(a) for a in eth0.addresses], eth0.peer
+    """
+
     name: str
     mac: str
     addresses: list[IPIf]
@@ -53,6 +65,13 @@ class InterfacePlan:
 
 @dataclass(slots=True)
 class Route:
+    """A route of one node: ``destination`` via the gateway ``via`` out of ``dev``.
+
+    Example:
+
+        >>> [f"{r.destination} via {r.via}" for r in p.node("edge").routes if r.is_default]
+    """
+
     destination: IPNet
     via: IPAddr
     dev: str
@@ -71,12 +90,33 @@ class Route:
 
 @dataclass
 class HostEntry:
+    """One ``/etc/hosts`` line of the plan: an address and the names it answers to.
+
+    Example:
+
+        >>> "\n".join(f"{h.address} {' '.join(h.names)}" for h in p.hosts)
+    """
+
     address: IPAddr
     names: list[str]
 
 
 @dataclass
 class NodePlan:
+    """Everything one node needs: interfaces, loopbacks, routes, its gateway.
+
+    ``kind`` is the topology's (``vm``, ``router``, ...); a router forwards.
+    ``addresses()`` lists the node's addresses (without management unless
+    asked), which is what its peers ping.
+
+    Example:
+
+        >>> edge = p.node("edge")
+        >>> [i.name for i in edge.interfaces], edge.gateway
+        (['eth0'], 'gw')
+        >>> [str(a.ip) for a in edge.addresses(4)]
+    """
+
     name: str
     kind: str
     interfaces: list[InterfacePlan]
@@ -131,6 +171,14 @@ class NodePlan:
 
 @dataclass
 class NetworkPlan:
+    """One layer-2 network: a p2p link or a LAN segment, its prefixes and members.
+
+    Example:
+
+        >>> for net in p.networks.values():
+        ...     print(net.kind, [str(x) for x in net.prefixes], net.members)
+    """
+
     id: str
     kind: str
     prefixes: list[IPNet]
@@ -147,6 +195,23 @@ class NetworkPlan:
 
 @dataclass
 class Plan:
+    """A planned topology: every node's interfaces, addresses, routes and hosts.
+
+    The single source every renderer and backend reads, so the guest's
+    configuration and the host's wiring cannot disagree.  Planning is
+    deterministic: the same topology always gives the same names, MACs and
+    addresses, and appending nodes or links does not move existing ones.
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> p = netconf.plan(netconf.load_topology("tests/data/boot/routed.yml"))
+        >>> sorted(p.nodes)
+        ['edge', 'gw', 'inner']
+        >>> p.peers("edge")["inner"]
+        ['198.51.100.81', '2001:db8:20:6208::8db']
+    """
+
     topology: Topology
     nodes: dict[str, NodePlan]
     networks: dict[str, NetworkPlan]
@@ -208,6 +273,10 @@ class Plan:
             _static_routes(self, tables)
             self._fallback = tables
         return self._fallback[node]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types, the document ``nixslave net plan --json`` prints."""
+        return self.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,7 +484,22 @@ def gc_paused() -> Iterator[None]:
 
 
 def plan(topology: Topology) -> Plan:
-    """Plan a topology; deterministic, and stable when nodes or links are appended."""
+    """Plan a topology; deterministic, and stable when nodes or links are appended.
+
+    Addresses come from the topology's pools (or fixed prefixes), MACs and
+    names are derived from stable keys, and routes are computed so that
+    every node reaches every other.  A topology that cannot be planned (a
+    pool too small, an unreachable gateway) raises :class:`TopologyError`.
+
+    Example:
+
+        >>> from nixslave import netconf
+        >>> topo = netconf.topology_from_data({"name": "pair", "nodes": ["a", "b"],
+        ...                                    "links": [["a", "b"]]})
+        >>> p = netconf.plan(topo)
+        >>> p.node("a").interfaces[0].name
+        'eth0'
+    """
     with gc_paused():
         return _plan(topology)
 

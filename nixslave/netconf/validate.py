@@ -229,7 +229,7 @@ def resolve(topo: Topology) -> Layout:
         taken: dict[object, str] = {ip: "the management gateway" for ip in mnet.reserved}
         for n, node in topo.nodes.items():
             att = Attach(node=n, net=MGMT, where=f"nodes.{n}", ifname=MGMT_IF)
-            att.ipv4, att.ipv6 = _mgmt_statics(topo, n, node, mnet, taken)  # type: ignore[assignment]
+            att.ipv4, att.ipv6 = _mgmt_statics(topo, n, node, mnet, taken)  # type: ignore[assignment, unused-ignore]
             mnet.members.append(att)
             by_node[n].append(att)  # last, so it never shifts the ethN numbering
         nets[MGMT] = mnet
@@ -336,7 +336,7 @@ def _check_pools(topo: Topology) -> None:
     nets = [(k, ipaddress.ip_network(v)) for k, v in pools.model_dump().items()]
     for i, (ka, na) in enumerate(nets):
         for kb, nb in nets[i + 1:]:
-            if na.version == nb.version and na.overlaps(nb):  # type: ignore[arg-type]
+            if na.version == nb.version and na.overlaps(nb):  # type: ignore[arg-type, unused-ignore]
                 raise _err(f"pools.{kb}", f"pool {nb} overlaps pools.{ka} ({na})",
                            "give each role its own range")
 
@@ -393,7 +393,7 @@ def _check_static(topo: Topology, nets: dict[str, Net]) -> None:
             key=lambda t: (int(t[0].network_address), -t[0].prefixlen),
         )
         for (pa, wa), (pb, wb) in itertools.pairwise(statics):
-            if pa.overlaps(pb):  # type: ignore[arg-type]
+            if pa.overlaps(pb):  # type: ignore[arg-type, unused-ignore]
                 raise _err(wb, f"prefix {pb} overlaps {pa} of {wa}",
                            "give every link and segment its own prefix")
 
@@ -418,6 +418,6 @@ def _check_reserved_pools(topo: Topology, nets: dict[str, Net]) -> None:
             if pfx is None or not enabled[pfx.version]:
                 continue
             for role, pool in reserved:
-                if pool.version == pfx.version and pool.overlaps(pfx):  # type: ignore[arg-type]
+                if pool.version == pfx.version and pool.overlaps(pfx):  # type: ignore[arg-type, unused-ignore]
                     raise _err(net.where, f"prefix {pfx} overlaps pools.{role} ({pool})",
                                f"use another prefix, or move pools.{role}")

@@ -62,6 +62,10 @@ let
     "kernel/fs/netfs/netfs.ko" "kernel/fs/fscache/fscache.ko"
     "kernel/net/9p/9pnet.ko" "kernel/net/9p/9pnet_virtio.ko" "kernel/fs/9p/9p.ko"
     "kernel/fs/fuse/fuse.ko" "kernel/fs/fuse/virtiofs.ko"
+    # read-only store disks: erofs needs crc32c, which qemu's default CPU
+    # only has in software
+    "kernel/crypto/crc32c_generic.ko" "kernel/lib/libcrc32c.ko" "kernel/fs/erofs/erofs.ko"
+    "kernel/fs/squashfs/squashfs.ko"
   ];
   moduleFiles = map (m: importFile (baseNameOf m) "${modulesPath}/${m}") extraModules;
 
@@ -70,20 +74,31 @@ let
   storeHook = builtins.toFile "nixslave-store-hook" ''
     #!/bin/sh
     case "$1" in prereqs) exit 0 ;; esac
-    store=disk
+    store=disk; storefs=ext4
     for x in $(cat /proc/cmdline); do
-      case "$x" in nixslave.store=*) store="''${x#nixslave.store=}" ;; esac
+      case "$x" in
+        nixslave.store=*) store="''${x#nixslave.store=}" ;;
+        nixslave.storefs=*) storefs="''${x#nixslave.storefs=}" ;;
+      esac
     done
     target="''${rootmnt}/nix/store"
     fail() { echo "nixslave stage 1: $*" > /dev/console; panic "nixslave: $*"; }
     case "$store" in
       disk) ;;
       store-disk)
+        # squashfs has no label: the host's drive serial names it instead
+        case "$storefs" in
+          ext4) ;;
+          erofs) for m in crc32c_generic libcrc32c erofs; do insmod /nixslave/modules/$m.ko 2>/dev/null; done ;;
+          squashfs) insmod /nixslave/modules/squashfs.ko 2>/dev/null ;;
+          *) fail "unknown store file system $storefs" ;;
+        esac
         dev=/dev/disk/by-label/nixslave-store
+        [ "$storefs" = squashfs ] && dev=/dev/disk/by-id/virtio-nixslave-store
         i=0; while [ ! -e "$dev" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-        [ -e "$dev" ] || fail "no disk labelled nixslave-store"
+        [ -e "$dev" ] || fail "no store disk at $dev"
         mkdir -p "$target"
-        mount -t ext4 -o ro "$dev" "$target" || fail "cannot mount the store disk" ;;
+        mount -t "$storefs" -o ro "$dev" "$target" || fail "cannot mount the $storefs store disk" ;;
       9p)
         for m in netfs fscache 9pnet 9pnet_virtio 9p; do insmod /nixslave/modules/$m.ko 2>/dev/null; done
         mkdir -p "$target"
@@ -137,6 +152,92 @@ let
     ln -sfn "$top/etc" /etc/static
     for f in "$top"/etc/*; do ln -sfn "/etc/static/''${f##*/}" "/etc/''${f##*/}"; done
     ln -sfn "$top" /run/current-system
+    # /bin/sh, as NixOS's binsh activation script makes it: the host's
+    # guest-exec runs /bin/sh, on NixOS and here alike.
+    mkdir -p /bin
+    ln -sfn "$top/sw/bin/sh" /bin/sh
+  '';
+
+  # The virtio-serial driver; the host initrd does not carry it.
+  virtioConsole = importFile "virtio_console.ko"
+    "${modulesPath}/kernel/drivers/char/virtio_console.ko";
+
+  # The guest agent: the part of the QEMU guest agent protocol the host uses
+  # (qga/qapi-schema.json: guest-sync, guest-ping, guest-exec with
+  # input-data and base64 output, guest-exec-status, guest-file-open/read/
+  # write/close, guest-shutdown), on the virtio-serial port named
+  # org.qemu.guest_agent.0, so one host client serves qemu-ga on NixOS and
+  # this stand-in.  One compact JSON request per line, one reply per line.
+  # Strings other than base64 may not contain escapes (the host sends none).
+  agent = writeScript "nixslave-agent" ''
+    #!${busybox}/bin/sh
+    export PATH=${busybox}/bin
+    dir=/run/nixslave-agent
+    mkdir -p $dir && chmod 0700 $dir
+    n=0
+    reply() { printf '%s\n' "$1" >&3; }
+    fail() { reply "{\"error\":{\"class\":\"GenericError\",\"desc\":\"$1\"}}"; }
+    # num KEY / str KEY: the value of "KEY" in $line, or empty
+    num() {
+      case "$line" in *"\"$1\""*) ;; *) v=; return ;; esac
+      v=''${line#*\"$1\"}; v=''${v#*:}; v=''${v# }; v=''${v%%[!0-9]*}
+    }
+    str() {
+      case "$line" in *"\"$1\""*) ;; *) v=; return ;; esac
+      v=''${line#*\"$1\"}; v=''${v#*:}; v=''${v#*\"}; v=''${v%%\"*}
+    }
+    exec 3<> "$1"
+    while :; do
+      # EOF while the host is not connected: wait for it
+      IFS= read -r line <&3 || { sleep 0.2; continue; }
+      case "$line" in
+        *'"guest-sync'*) num id; reply "{\"return\":''${v:-0}}" ;;
+        *'"guest-ping"'*) reply '{"return":{}}' ;;
+        *'"guest-exec"'*)
+          case "$line" in *'"arg"'*) fail "arg is not supported here: send input-data"; continue ;; esac
+          str path; p=$v; str input-data; in=$v
+          [ -x "$p" ] || { fail "cannot run $p"; continue; }
+          n=$((n+1)); d=$dir/$n; mkdir -p $d
+          printf '%s' "$in" | base64 -d > $d/in
+          ( exec 3>&-; "$p" < $d/in > $d/out 2> $d/err; echo $? > $d/rc.new; mv $d/rc.new $d/rc ) &
+          reply "{\"return\":{\"pid\":$n}}" ;;
+        *'"guest-exec-status"'*)
+          num pid; d=$dir/$v
+          if [ -z "$v" ] || [ ! -d "$d" ]; then fail "no process $v"
+          elif [ -f $d/rc ]; then
+            o=$(base64 -w0 < $d/out); e=$(base64 -w0 < $d/err); rc=$(cat $d/rc); rm -rf $d
+            reply "{\"return\":{\"exited\":true,\"exitcode\":$rc,\"out-data\":\"$o\",\"err-data\":\"$e\"}}"
+          else reply '{"return":{"exited":false}}'; fi ;;
+        *'"guest-file-open"'*)
+          str path; p=$v; str mode; m=''${v:-r}
+          case "$m" in
+            w*) : > "$p" 2>/dev/null || { fail "cannot write $p"; continue; } ;;
+            a*) touch "$p" 2>/dev/null || { fail "cannot write $p"; continue; } ;;
+            *) [ -r "$p" ] || { fail "cannot read $p"; continue; } ;;
+          esac
+          n=$((n+1)); printf '%s' "$p" > $dir/f$n; echo 0 > $dir/o$n
+          reply "{\"return\":$n}" ;;
+        *'"guest-file-write"'*)
+          num handle; h=$v; str buf-b64; b=$v
+          [ -n "$h" ] && [ -f $dir/f$h ] || { fail "no file handle $h"; continue; }
+          printf '%s' "$b" | base64 -d >> "$(cat $dir/f$h)" || { fail "write failed"; continue; }
+          pad=0; case "$b" in *==) pad=2 ;; *=) pad=1 ;; esac
+          reply "{\"return\":{\"count\":$(( ''${#b} / 4 * 3 - pad )),\"eof\":false}}" ;;
+        *'"guest-file-read"'*)
+          num handle; h=$v; num count; c=''${v:-4096}
+          [ -n "$h" ] && [ -f $dir/f$h ] || { fail "no file handle $h"; continue; }
+          p=$(cat $dir/f$h); o=$(cat $dir/o$h)
+          data=$(tail -c +$((o + 1)) "$p" | head -c $c | base64 -w0)
+          got=$(tail -c +$((o + 1)) "$p" | head -c $c | wc -c)
+          o=$((o + got)); echo $o > $dir/o$h
+          eof=false; [ $o -ge $(wc -c < "$p") ] && eof=true
+          reply "{\"return\":{\"count\":$got,\"buf-b64\":\"$data\",\"eof\":$eof}}" ;;
+        *'"guest-file-close"'*)
+          num handle; rm -f $dir/f$v $dir/o$v; reply '{"return":{}}' ;;
+        *'"guest-shutdown"'*) echo "NIXSLAVE-POWEROFF" > /dev/console; sync; poweroff -f ;;
+        *'"execute"'*) reply '{"error":{"class":"CommandNotFound","desc":"not supported by the demo agent"}}' ;;
+      esac
+    done
   '';
 
   init = writeScript "init" ''
@@ -168,6 +269,17 @@ let
       fi
       say "NIXSLAVE-STORE-WRITABLE $w"
     fi
+    # The guest agent, when the host gave this VM its virtio-serial port; a
+    # container has none (the host enters its namespaces instead).
+    insmod ${virtioConsole} 2>/dev/null
+    for vp in /sys/class/virtio-ports/*; do
+      [ "$(cat $vp/name 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+      i=0; while [ ! -e /dev/''${vp##*/} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+      ${agent} /dev/''${vp##*/} < /dev/null > /dev/null 2>&1 &
+    done
+    # systemd's power-off signal, which nspawn sends as KillSignal: PID 1
+    # gets only the signals it has a handler for.
+    trap 'say "NIXSLAVE-POWEROFF"; sync; poweroff -f' 37
     say "NIXSLAVE-BOOT-OK $top"
     for peer in $(cat $top/etc/nixslave/peers); do
       case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
@@ -193,10 +305,31 @@ let
 
   switchToConfiguration = writeScript "switch-to-configuration" ''
     #!${busybox}/bin/sh
-    # A nix-slave is switched from the outside: the host rewrites its image.
+    # The host switches a running slave (nixslave switch) with "test": link
+    # the new system, apply its network, report; the host itself decides
+    # the next boot.  Like NixOS's, a failure exits 4 and leaves the new
+    # system half applied: the host then switches back.
+    export PATH=${busybox}/bin
+    top=@toplevel@
+    say() { echo "$*" > /dev/console; }
     case "$1" in
-      switch|test) exec @toplevel@/activate @toplevel@ ;;
-      *) echo "switch-to-configuration: '$1' is done by the host (nixslave image upgrade)" >&2
+      switch|test)
+        $top/activate $top
+        hostname "$(cat $top/etc/hostname)"
+        rc=0
+        sh $top/etc/nixslave/network.sh > /dev/console 2>&1 || { say "NIXSLAVE-NETWORK-FAILED"; rc=4; }
+        for peer in $(cat $top/etc/nixslave/peers); do
+          case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
+          ok=fail; i=0
+          while [ $i -lt 5 ]; do
+            if $p -c 1 -W 1 "$peer" > /dev/null 2>&1; then ok=ok; break; fi
+            i=$((i+1))
+          done
+          say "NIXSLAVE-PING $peer $ok"
+        done
+        say "NIXSLAVE-SWITCH-OK $top"
+        exit $rc ;;
+      *) echo "switch-to-configuration: '$1' is done by the host (nixslave switch)" >&2
          exit 1 ;;
     esac
   '';

@@ -1,19 +1,27 @@
 """Decide between KVM and TCG by booting a kernel, not by looking at /dev/kvm.
 
 A nested /dev/kvm often exists but cannot run a guest: qemu aborts with
-"failed to set MSR 0x10a", or the guest never prints a byte.  The only honest
-probe is a tiny boot: the host kernel with no root file system prints
-"Linux version" within a second when the accelerator works.  The verdict is
-cached per boot of the host, because it cannot change before a reboot.
+"failed to set MSR 0x10a", the guest never prints a byte, or (kvm-pvm) it
+starts and then hangs.  Neither the device's existence nor qemu's exit status
+says anything, so the only honest probe is a whole boot: the host kernel
+with no root file system runs every initcall (timers, interrupts, device
+probing) and ends in the panic "VFS: Unable to mount root fs", within a
+second or two when the accelerator works.  Only that panic on the serial
+line counts; a kernel that printed its banner and then stopped does not.
+The verdict is cached per boot of the host (and per probe version), because
+it cannot change before a reboot.
 
-Run as ``python -m nixslave.runtime.accel [--quiet]``: exit 0 when KVM is usable.
+Run as ``python -m nixslave.runtime.accel [--quiet] [--fresh]``: exit 0 when
+KVM is usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +30,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
-PROBE_TIMEOUT = 8.0
+KVM_DEVICE = Path("/dev/kvm")
+# A KVM guest reaches the root-mount panic in 1-2 s; one that needs longer
+# would be no faster than TCG (about 15 s for the same boot on 2 cores).
+PROBE_TIMEOUT = 10.0
+# What the probe must see: the kernel got to the end of its boot.  Its
+# banner ("Linux version") alone is not enough (a guest can hang after it).
+PROBE_BOOTED = b"Kernel panic - not syncing"
+PROBE_STARTED = b"Linux version"
+# Bumped whenever the probe gets stricter, so a verdict cached by a more
+# trusting probe is not reused.
+PROBE_VERSION = 2
 _CACHE = Path(os.environ.get("NIXSLAVE_RUNTIME_DIR", "/run/nixslave")) / "accel.json"
 
 
@@ -63,42 +81,62 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_kvm(timeout: float = PROBE_TIMEOUT) -> Accel:
-    """Boot the host kernel under KVM and watch the serial line."""
+def probe_kvm(timeout: float | None = None, *, device: Path | None = None,
+              qemu: str | None = None, kernel: Path | None = None) -> Accel:
+    """Boot the host kernel under KVM and watch the serial line for the end of its boot.
+
+    ``device``, ``qemu`` and ``kernel`` default to /dev/kvm, qemu on PATH
+    and the newest kernel in /boot; they are parameters so that a test can
+    hand the probe a guest that hangs.
+    """
     if os.environ.get("NIXSLAVE_ACCEL") in ("tcg", "kvm"):
         forced = os.environ["NIXSLAVE_ACCEL"]
         return Accel(forced == "kvm", f"forced by NIXSLAVE_ACCEL={forced}")
-    if not os.path.exists("/dev/kvm"):
-        return Accel(False, "/dev/kvm does not exist")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return Accel(False, "/dev/kvm is not accessible to this user")
-    if shutil.which(QEMU) is None:
-        return Accel(False, f"{QEMU} is not installed")
-    kernel = host_kernel()
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+    device = KVM_DEVICE if device is None else device
+    qemu = qemu or QEMU
+    if not device.exists():
+        return Accel(False, f"{device} does not exist")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return Accel(False, f"{device} is not accessible to this user")
+    exe = shutil.which(qemu)
+    if exe is None:
+        return Accel(False, f"{qemu} is not installed")
+    kernel = kernel or host_kernel()
     if kernel is None:
         return Accel(False, "no kernel in /boot to probe KVM with")
     with tempfile.TemporaryDirectory(prefix="nixslave-accel-") as tmp:
-        serial = Path(tmp) / "serial.log"
+        serial, errlog = Path(tmp) / "serial.log", Path(tmp) / "stderr.log"
         cmd = [
-            QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none",
+            exe, "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none",
             "-no-reboot", "-nodefaults", "-serial", f"file:{serial}",
-            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 quiet=0",
+            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A file, not a pipe, for stderr: a chatty qemu can never block on it.
+        # Its own session, so that killing the group takes any children too.
+        with open(errlog, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
         deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                if serial.exists() and b"Linux version" in serial.read_bytes():
-                    return Accel(True, "a KVM guest booted")
-                if proc.poll() is not None:
-                    err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
-                    first = next((ln for ln in err.splitlines() if ln.strip()), "no message")
-                    return Accel(False, f"qemu died under KVM: {first.strip()}")
-                time.sleep(0.1)
-            return Accel(False, f"a KVM guest printed nothing in {timeout:.0f}s")
+            while True:
+                exited = proc.poll() is not None  # before reading: no late output is lost
+                text = serial.read_bytes() if serial.exists() else b""
+                if PROBE_BOOTED in text:
+                    return Accel(True, "a KVM guest booted its kernel to the end")
+                if exited:
+                    msg = errlog.read_bytes().decode(errors="replace")
+                    first = next((ln for ln in msg.splitlines() if ln.strip()), "")
+                    why = first.strip() or f"exit code {proc.returncode}, no message"
+                    return Accel(False, f"qemu stopped under KVM before the guest booted: {why}")
+                if time.monotonic() >= deadline:
+                    what = ("started but did not finish booting" if PROBE_STARTED in text
+                            else "printed nothing")
+                    return Accel(False, f"a KVM guest {what} in {timeout:g}s")
+                time.sleep(0.05)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -107,7 +145,7 @@ def detect(*, use_cache: bool = True) -> Accel:
     if use_cache and "NIXSLAVE_ACCEL" not in os.environ:
         try:
             data = json.loads(_CACHE.read_text())
-            if data.get("boot_id") == _boot_id():
+            if data.get("boot_id") == _boot_id() and data.get("probe") == PROBE_VERSION:
                 return Accel(data["kvm_usable"], data["reason"])
         except (OSError, ValueError, KeyError):
             pass
@@ -116,7 +154,8 @@ def detect(*, use_cache: bool = True) -> Accel:
         try:
             _CACHE.parent.mkdir(parents=True, exist_ok=True)
             tmp = _CACHE.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"boot_id": _boot_id(), **asdict(accel)}))
+            tmp.write_text(json.dumps({"boot_id": _boot_id(), "probe": PROBE_VERSION,
+                                       **asdict(accel)}))
             tmp.replace(_CACHE)
         except OSError:
             pass

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from nixslave import gcroots, nix
 from nixslave.backends import Artifact, publish
 from nixslave.errors import RunError
 from nixslave.netconf import Plan
+from nixslave.progress import Progress
 from nixslave.runtime.run import VMConfig, fleet, vm_config
 from nixslave.topology import check_node, host_wiring, switch_argvs
 
@@ -31,6 +32,22 @@ PINGS_DONE = "NIXSLAVE-PINGS-DONE"
 
 @dataclass
 class GuestResult:
+    """What one guest did in :func:`run_artifacts`: what it booted and whom it reached.
+
+    ``booted`` is the toplevel the guest itself printed in its boot marker,
+    so ``ok`` means the guest runs exactly the system its artifact promises
+    and, for the demo system, reached every address it pinged.  ``pings``
+    maps each peer address to its result (empty for NixOS guests, which do
+    not ping).  ``console_log`` is the serial console's file, kept only
+    when some guest was not ok.
+
+    Example:
+
+        >>> for r in nixslave.run_artifacts(artifacts, plan=plan):
+        ...     unreached = [addr for addr, ok in r.pings.items() if not ok]
+        ...     print(r.name, r.booted, f"{r.boot_seconds}s", unreached or "all reached")
+    """
+
     name: str
     node: str
     toplevel: str
@@ -41,9 +58,11 @@ class GuestResult:
 
     @property
     def ok(self) -> bool:
+        """It booted exactly the promised toplevel and reached every address it pinged."""
         return self.booted == self.toplevel and all(self.pings.values())
 
     def to_json(self) -> dict[str, object]:
+        """Every field and ``ok``, as plain JSON types (what ``nixslave run --json`` prints)."""
         return {**asdict(self), "ok": self.ok}
 
 
@@ -54,9 +73,41 @@ def node_of(artifact: Artifact, override: str | None = None) -> str:
 def run_artifacts(
     artifacts: Sequence[Artifact], *, plan: Plan | None = None, nodes: Sequence[str] = (),
     rundir: Path | None = None, timeout: float = 240.0, echo: bool = False,
-    wait_pings: bool = True, progress: Callable[[str], None] | None = None,
+    wait_pings: bool = True, gcroot: bool = True, progress: Progress | None = None,
 ) -> list[GuestResult]:
-    """Boot every artifact at once and wait for its marker (and pings)."""
+    """Boot every artifact at once, wait for its marker (and pings), stop them all.
+
+    Every guest boots at the same time (qemu with KVM when a real boot
+    proves it works, TCG otherwise), wired by ``plan`` when one is given:
+    ``nodes`` names each artifact's node, by default the node it was built
+    for.  Each guest must print the toplevel its artifact promises within
+    ``timeout`` seconds (counted from the first start), else a
+    :class:`nixslave.RunError` is raised; a guest that boots the
+    wrong system is reported, not raised (``GuestResult.ok`` is false).
+
+    The demo system pings every peer address of its node after booting;
+    those results are collected unless ``wait_pings`` is false.  ``echo``
+    copies the serial consoles to stderr, each line prefixed with its guest.
+    ``gcroot`` keeps each booted system alive in the host's store (the
+    ``<name>-booted`` GC root, which offline upgrades and repairs rely on)
+    and records the image; pass false for throwaway guests, which then
+    leave no host state behind (build them with ``DiskOptions(gcroot=False)``).
+
+    ``rundir`` holds sockets and console logs; unix socket paths are short,
+    so keep it short too.  Without one, a temporary directory is used and
+    removed when every guest was ok.  Whatever happens, every qemu and
+    switch is stopped before this returns or raises.
+
+    Example:
+
+        >>> import nixslave
+        >>> from nixslave import netconf
+        >>> plan = netconf.plan(netconf.load_topology("lab.yml"))
+        >>> arts = [nixslave.Artifact.load(Path(f"{n}.qcow2")) for n in ("a", "b")]
+        >>> results = nixslave.run_artifacts(arts, plan=plan, timeout=300)
+        >>> all(r.ok for r in results)
+        True
+    """
     say = progress or (lambda _m: None)
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
@@ -89,10 +140,11 @@ def run_artifacts(
             booted = vm.wait_boot(timeout=max(1.0, timeout - (time.monotonic() - t0)))
             r = GuestResult(a.name, n, a.toplevel, booted, round(time.monotonic() - t0, 1),
                             console_log=str(vm.console_log))
-            with suppress(OSError):
-                nix.add_gcroot(f"{a.name}-booted", booted)
-                gcroots.record_image(a.name, Path(a.extra.get("published_as", a.image)),
-                                     booted)
+            if gcroot:
+                with suppress(OSError):
+                    nix.add_gcroot(f"{a.name}-booted", booted)
+                    gcroots.record_image(a.name, Path(a.extra.get("published_as", a.image)),
+                                         booted)
             say(f"{a.name} booted {booted}")
             results.append(r)
         for a, r in zip(artifacts, results, strict=True):

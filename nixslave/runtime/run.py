@@ -56,6 +56,15 @@ class Share:
     tag: str = "nixstore"
     kind: str = "9p"  # or virtiofs
     msize: int = 262144
+    # zero copy: the store paths bind-mounted onto ``path`` in the private
+    # mount namespace of qemu (9p) or virtiofsd; None serves ``path`` as is
+    closure: tuple[str, ...] | None = None
+
+    def view(self) -> Callable[[], None]:
+        """The ``preexec_fn`` part that gives the serving process its view."""
+        if self.closure is not None:
+            return storebind.closure_view(self.path, list(self.closure))
+        return storebind.readonly_view(self.path)
 
 
 @dataclass
@@ -73,6 +82,12 @@ class VMConfig:
     net_args: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     firmware: tuple[Path, Path] | None = None  # UEFI: OVMF code and variable template
+    # A virtio-serial port named org.qemu.guest_agent.0 on <rundir>/qga.sock,
+    # where qemu-ga (NixOS) or the demo's agent answers the host.
+    agent: bool = False
+    # Run qemu inside this network namespace: its taps appear there, never
+    # in the host's namespace (unix sockets work across namespaces).
+    netns: Path | None = None
 
     def prepare(self, rundir: Path) -> None:
         """Give the VM its own UEFI variable store (pflash unit 1 is writable).
@@ -121,7 +136,15 @@ class VMConfig:
                          "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={s.tag}",
                          "-object", f"memory-backend-memfd,id=mem,size={self.memory}M,share=on",
                          "-numa", "node,memdev=mem"]
+        if self.agent:
+            argv += ["-chardev", f"socket,id=qga0,path={rundir}/qga.sock,server=on,wait=off",
+                     "-device", "virtio-serial-pci,id=vser0",
+                     "-device", "virtserialport,bus=vser0.0,chardev=qga0,"
+                                "name=org.qemu.guest_agent.0"]
         argv += self.net_args + self.extra_args
+        if self.netns is not None:
+            # nsenter execs qemu in place: same pid, PR_SET_PDEATHSIG kept.
+            argv = ["nsenter", f"--net={self.netns}", "--", *argv]
         return argv
 
 
@@ -158,15 +181,21 @@ class VM:
     def start(self) -> VM:
         acc = accel.detect()
         accel.announce(acc)
-        for sock in ("console.sock", "qmp.sock"):
+        for sock in ("console.sock", "qmp.sock", "qga.sock"):
             (self.rundir / sock).unlink(missing_ok=True)
         self._start_virtiofsd()
         self.config.prepare(self.rundir)
         argv = self.config.qemu_argv(self.rundir, acc)
         (self.rundir / "qemu.argv").write_text(json.dumps(argv, indent=1))
         self._stderr = open(self.rundir / "qemu.stderr", "wb")  # noqa: SIM115
+        views = [s.view() for s in self.config.shares if s.kind == "9p" and s.closure is not None]
+
+        def enter() -> None:
+            _die_with_parent()
+            for view in views:  # qemu serves 9p itself: the view is qemu's
+                view()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                     stderr=self._stderr, preexec_fn=_die_with_parent)
+                                     stderr=self._stderr, preexec_fn=enter)
         return self
 
     def _start_virtiofsd(self) -> None:
@@ -181,11 +210,11 @@ class VM:
             sock = self.rundir / f"virtiofs{i}.sock"
             sock.unlink(missing_ok=True)
             log = open(self.rundir / f"virtiofsd{i}.log", "wb")  # noqa: SIM115
-            readonly = storebind.readonly_view(share.path)
+            view = share.view()
 
-            def enter(readonly: Callable[[], None] = readonly) -> None:
+            def enter(view: Callable[[], None] = view) -> None:
                 _die_with_parent()
-                readonly()
+                view()
 
             self._daemons.append(subprocess.Popen(
                 [str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={share.path}",
@@ -270,7 +299,7 @@ class VM:
                 f.write(json.dumps({"execute": cmd}).encode() + b"\n")
                 f.flush()
                 while True:
-                    reply = json.loads(f.readline() or b"{}")
+                    reply: dict[str, object] = json.loads(f.readline() or b"{}")
                     if "event" not in reply:
                         break
             return reply
@@ -393,7 +422,11 @@ def vm_config(artifact: Artifact, *, net_args: Sequence[str] = (), snapshot: boo
                             readonly=True))
     shares = []
     if artifact.share_dir is not None:
-        shares.append(Share(artifact.share_dir, tag=STORE_TAG, kind=artifact.store))
+        closure = None
+        if artifact.extra.get("shareMethod") == "bind":
+            closure = _share_closure(artifact)
+        shares.append(Share(artifact.share_dir, tag=STORE_TAG, kind=artifact.store,
+                            closure=closure))
     cfg = VMConfig(name=artifact.name, memory=memory or artifact.memory, cpus=artifact.cpus,
                    drives=drives, shares=shares, net_args=list(net_args))
     if artifact.boot == "direct":
@@ -408,6 +441,27 @@ def vm_config(artifact: Artifact, *, net_args: Sequence[str] = (), snapshot: boo
         # No -kernel: the firmware starts the UKI on the disk's ESP.
         cfg.firmware = ovmf_firmware()
     return cfg
+
+
+def _share_closure(artifact: Artifact) -> tuple[str, ...]:
+    """The paths a zero-copy share serves: exactly the toplevel's closure.
+
+    They come from the host store at every start, like a direct boot's
+    kernel: the artifact's GC root keeps them there.
+    """
+    from nixslave import nix
+    from nixslave.errors import NixError
+
+    if not storebind.available():
+        raise RunError("a zero-copy shared store needs a private mount namespace",
+                       where=artifact.name, hint="run as root, or rebuild the image as "
+                       "non-root to get a hardlink tree")
+    try:
+        return tuple(nix.closure(artifact.toplevel))
+    except NixError:
+        raise RunError(f"{artifact.toplevel} is not in the host store", where=artifact.name,
+                       hint="a shared store is served from the host store; rebuild the "
+                            "image or restore its GC root") from None
 
 
 def ovmf_firmware(directory: Path = OVMF_DIR) -> tuple[Path, Path]:
