@@ -234,3 +234,37 @@ def test_demo_agent_speaks_the_guest_agent_protocol(tmp_path: Path) -> None:
         proc.wait()
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.tools("qemu-ga")
+def test_host_client_speaks_to_the_real_qemu_ga(tmp_path: Path) -> None:
+    """Bug: a host client that only works with the demo's stand-in agent (a field
+    qemu-ga names otherwise, exit codes or base64 output read wrongly, no reply to
+    guest-shutdown taken for a hang).  qemu-ga itself (Debian's qemu-guest-agent,
+    what services.qemuGuest runs on NixOS) listens on a unix socket here instead of
+    a virtio-serial port; the protocol is the same."""
+    sock = tmp_path / "qga.sock"
+    (tmp_path / "state").mkdir()
+    proc = subprocess.Popen(["qemu-ga", "-m", "unix-listen", "-p", str(sock),
+                             "-t", str(tmp_path / "state"), "-f", str(tmp_path / "pid"),
+                             "-l", str(tmp_path / "log")], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with QGA.connect(sock, where="qemu-ga", timeout=20) as q:
+            q.ping()
+            r = q.run(["sh", "-c", 'printf "%s|" "$@"; echo err >&2; exit 7', "x", "a b",
+                       "it's"])
+            assert (r.exitcode, r.stdout, r.stderr) == (7, b"a b|it's|", b"err\n")
+            data = bytes(range(256)) * 300 + b"\x00"
+            q.write_file(str(tmp_path / "blob"), data)
+            assert (tmp_path / "blob").read_bytes() == data
+            assert q.read_file(str(tmp_path / "blob")) == data
+        # a second client resynchronises on the same socket
+        with QGA.connect(sock, where="qemu-ga", timeout=20) as q:
+            assert q.run(["true"]).exitcode == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
