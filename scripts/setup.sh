@@ -15,6 +15,7 @@ nixslave_packages=(
     graphviz fdisk zstd cpio procps libxml2-utils skopeo umoci podman runc
     ovmf systemd-boot-efi binutils
     virt-v2v libvirt-daemon libvirt-daemon-driver-qemu cryptsetup-bin gdisk
+    libvirt-daemon-system python3-libvirt qemu-guest-agent
 )
 
 _sudo() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -9,4 +9,4 @@ ruff check nixslave tests bench examples
 # single-threaded TCG guests and appliance launches.  Measured on 2 cores:
 # 23.2 min with two workers, 22.7 with three; serially it would be ~40.
 # Pass -n 0 to run serially.
-exec python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"
+exec python -m pytest -p no:cacheprovider -n 3 --dist loadfile --durations=25 "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import time
@@ -32,8 +33,14 @@ from nixslave.runtime.fleetfile import fleet_from_data, json_schema, load_fleet
 from nixslave.spec import MachineSpec
 
 DATA = Path(__file__).parent / "data" / "fleet"
+
+
+def _at(el: ET.Element, path: str) -> ET.Element:
+    found = el.find(path)
+    assert found is not None, path
+    return found
 DOCS = Path(__file__).parent.parent / "docs"
-PAIR = {"name": "duo", "pools": {"p2p4": "192.0.2.0/24", "p2p6": "2001:db8:1::/48"},
+PAIR: dict[str, Any] = {"name": "duo", "pools": {"p2p4": "192.0.2.0/24", "p2p6": "2001:db8:1::/48"},
         "nodes": {"a": {"kind": "vm"}, "b": {"kind": "vm"}}, "links": [["a", "b"]]}
 
 
@@ -53,8 +60,8 @@ def test_bad_fleet_files_are_refused_with_where(machines: dict[str, Any], where:
     entry is wrong."""
     with pytest.raises((NixslaveError, TopologyError)) as exc:
         fleet_from_data({**PAIR, "machines": machines}, source=Path("duo.yml"))
-    assert where in exc.value.where and what in exc.value.what, (exc.value.where,
-                                                                 exc.value.what)
+    err: Any = exc.value
+    assert where in err.where and what in err.what, (err.where, err.what)
 
 
 def test_defaults_and_node_kinds_give_each_node_its_spec() -> None:
@@ -117,11 +124,11 @@ def test_libvirt_placement_makes_cross_host_links_udp() -> None:
     ea, eb = a_if[0], b_if[0]
     assert ea.get("type") == eb.get("type") == "udp"
     # each end sends to the other's host and listens on all of its own addresses
-    assert ea.find("source").get("address") == "hv-b.example"
-    assert eb.find("source").get("address") == "hv-a.example"
-    assert ea.find("source/local").get("address") == "0.0.0.0"
-    assert ea.find("source/local").get("port") == eb.find("source").get("port")
-    assert eb.find("source/local").get("port") == ea.find("source").get("port")
+    assert _at(ea, "source").get("address") == "hv-b.example"
+    assert _at(eb, "source").get("address") == "hv-a.example"
+    assert _at(ea, "source/local").get("address") == "0.0.0.0"
+    assert _at(ea, "source/local").get("port") == _at(eb, "source").get("port")
+    assert _at(eb, "source/local").get("port") == _at(ea, "source").get("port")
     assert b_if[1].get("type") == "ethernet" and next(iter(b_taps)).startswith("nt")
     hosts["b"] = "qemu:///system"  # a host others cannot name
     with pytest.raises(RunError, match="names no host"):
@@ -147,11 +154,11 @@ def test_libvirt_domain_keeps_the_build_and_adds_agent_console_and_label(tmp_pat
                         console_log=tmp_path / "console.log", virt_type="qemu")
     dom = ET.fromstring(xml)
     assert dom.get("type") == "qemu" and dom.findtext("name") == "duo-a"
-    assert dom.find("devices/disk/source").get("file") == str(tmp_path / "a-b-1.qcow2")
+    assert _at(dom, "devices/disk/source").get("file") == str(tmp_path / "a-b-1.qcow2")
     assert dom.find("devices/interface") is None
-    assert dom.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
-    assert dom.find("devices/serial/log").get("file") == str(tmp_path / "console.log")
-    sec = dom.find("seclabel")
+    assert _at(dom, "devices/channel/target").get("name") == "org.qemu.guest_agent.0"
+    assert _at(dom, "devices/serial/log").get("file") == str(tmp_path / "console.log")
+    sec = _at(dom, "seclabel")
     assert sec.get("relabel") == "no" and sec.findtext("label") == "+0:+0"
 
 
@@ -181,7 +188,8 @@ class _PtyTransport(SocketTransport):
     """The agent's port is a pty here: the same bytes as a virtio-serial port."""
 
     def __init__(self, fd: int) -> None:  # no socket, no lock
-        self.fd, self.where, self._buf, self._lock, self.sock = fd, "pty", b"", -1, None
+        self.fd, self.where, self._buf, self._lock = fd, "pty", b"", -1
+        self.sock = None  # type: ignore[assignment]
 
     def send(self, request: dict[str, Any]) -> None:
         os.write(self.fd, json.dumps(request, separators=(",", ":")).encode() + b"\n")
@@ -205,8 +213,9 @@ def test_demo_agent_speaks_the_guest_agent_protocol(tmp_path: Path) -> None:
     from nixslave.demo import build_demo
 
     top = build_demo("agent", halt=False)
-    agent = next(ln.split()[0] for ln in Path(top, "init").read_text().splitlines()
-                 if "nixslave-agent" in ln)
+    m = re.search(r"/nix/store/\S+-nixslave-agent", Path(top, "init").read_text())
+    assert m is not None
+    agent = m[0]
     master, slave = pty.openpty()
     tty.setraw(master)
     tty.setraw(slave)

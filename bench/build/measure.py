@@ -40,6 +40,17 @@ def settle() -> None:
     os.sync()
 
 
+def cpu_now() -> float:
+    """CPU seconds of this process and of every child it has waited for.
+
+    On a host shared with other work the wall clock of a step swings by 2x;
+    the CPU it used (mkfs, qemu-img, mkfs.erofs are CPU-bound here, the page
+    cache holds the closure) moves much less, so both are reported.
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
@@ -203,12 +214,13 @@ class BoundTree:
         return storebind.preexec(self.binds)
 
 
-def floor_same_flags(bt: BoundTree, size: int, work: Path) -> tuple[float, float, Path]:
+def floor_same_flags(bt: BoundTree, size: int, work: Path
+                     ) -> tuple[float, float, float, Path]:
     """mkfs.ext4 with nixslave's own arguments and environment, then qemu-img convert.
 
     The arguments are the ones ext4.mkfs passes for a direct-boot root (label,
     UUID, hash seed, no discard, inode tables written now); the image is
-    left for the allocation figures.  Returns (mkfs s, convert s, qcow2).
+    left for the allocation figures.  Returns (mkfs s, convert s, CPU s, qcow2).
     """
     raw, out = work / "floor.raw", work / "floor.qcow2"
     raw.unlink(missing_ok=True)
@@ -219,48 +231,51 @@ def floor_same_flags(bt: BoundTree, size: int, work: Path) -> tuple[float, float
            "-E", f"hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
            "-d", str(bt.tree), str(raw), f"{size // 1024}k"]
     settle()
-    t = time.perf_counter()
+    c, t = cpu_now(), time.perf_counter()
     run(cmd, env=ext4_mod.repro_env(), preexec=bt.preexec())
     t1 = time.perf_counter()
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
     t2 = time.perf_counter()
+    cpu = cpu_now() - c
     raw.unlink()
-    return t1 - t, t2 - t1, out
+    return t1 - t, t2 - t1, cpu, out
 
 
-def floor_defaults(bt: BoundTree, size: int, work: Path) -> tuple[float, float, Path]:
+def floor_defaults(bt: BoundTree, size: int, work: Path
+                   ) -> tuple[float, float, float, Path]:
     """mkfs.ext4 with mke2fs's defaults (lazy inode tables, discard), then convert."""
     raw, out = work / "floor-defaults.raw", work / "floor-defaults.qcow2"
     raw.unlink(missing_ok=True)
     out.unlink(missing_ok=True)
     settle()
-    t = time.perf_counter()
+    c, t = cpu_now(), time.perf_counter()
     run(["mkfs.ext4", "-q", "-b", "4096", "-L", "nixslave-root", "-d", str(bt.tree), str(raw),
          f"{size // 1024}k"], preexec=bt.preexec())
     t1 = time.perf_counter()
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
     t2 = time.perf_counter()
+    cpu = cpu_now() - c
     raw.unlink()
-    return t1 - t, t2 - t1, out
+    return t1 - t, t2 - t1, cpu, out
 
 
-def erofs_alone(bt: BoundTree, work: Path) -> tuple[float, Path]:
+def erofs_alone(bt: BoundTree, work: Path) -> tuple[float, float, Path]:
     """``mkfs.erofs -zlz4`` (nixslave's compression) of the closure, nothing else."""
     out = work / "anchor.erofs"
     out.unlink(missing_ok=True)
     settle()
-    t = time.perf_counter()
+    c, t = cpu_now(), time.perf_counter()
     run(["mkfs.erofs", "--quiet", f"-z{storefs.EROFS_COMPRESSION}", str(out), str(bt.tree)],
         preexec=bt.preexec())
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, cpu_now() - c, out
 
 
 def virt_make_fs(bt: BoundTree, size: int, work: Path, env: dict[str, str]
-                 ) -> tuple[float, Path]:
+                 ) -> tuple[float, float, Path]:
     """``virt-make-fs`` of the same tree (its host-side tar sees the bind mounts)."""
     out = work / "vmf.qcow2"
     settle()
-    t = time.perf_counter()
+    c, t = cpu_now(), time.perf_counter()
     run(["virt-make-fs", "--format=qcow2", "--type=ext4", f"--size={size // MIB}M",
          str(bt.tree), str(out)], env={**os.environ, **env}, preexec=bt.preexec())
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, cpu_now() - c, out

@@ -186,6 +186,9 @@ let
       case "$line" in *"\"$1\""*) ;; *) v=; return ;; esac
       v=''${line#*\"$1\"}; v=''${v#*:}; v=''${v#*\"}; v=''${v%%\"*}
     }
+    # devtmpfs makes the port's node a moment after the driver binds (seconds
+    # on a loaded TCG host); opening the name before would create a file
+    while [ ! -c "$1" ]; do sleep 0.2; done
     exec 3<> "$1"
     while :; do
       # EOF while the host is not connected: wait for it
@@ -271,12 +274,17 @@ let
     fi
     # The guest agent, when the host gave this VM its virtio-serial port; a
     # container has none (the host enters its namespaces instead).
-    insmod ${virtioConsole} 2>/dev/null
-    for vp in /sys/class/virtio-ports/*; do
-      [ "$(cat $vp/name 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
-      i=0; while [ ! -e /dev/''${vp##*/} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-      ${agent} /dev/''${vp##*/} < /dev/null > /dev/null 2>&1 &
-    done
+    # The port is named by the host a moment after the driver loads (later
+    # on a loaded TCG host), so a waiter looks for it for a minute.
+    insmod ${virtioConsole} 2>/dev/null && (
+      i=0
+      while [ $i -lt 300 ]; do
+        for vp in /sys/class/virtio-ports/*; do
+          [ "$(cat $vp/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && exec ${agent} /dev/''${vp##*/}
+        done
+        sleep 0.2; i=$((i+1))
+      done
+    ) < /dev/null > /dev/null 2>&1 &
     # systemd's power-off signal, which nspawn sends as KillSignal: PID 1
     # gets only the signals it has a handler for.
     trap 'say "NIXSLAVE-POWEROFF"; sync; poweroff -f' 37

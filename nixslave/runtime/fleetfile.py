@@ -107,7 +107,7 @@ class Fleet:
         return sorted(self.topology.nodes)
 
     def machine(self, node: str) -> Machine:
-        return self.machines.get(node, Machine()).merged(self.defaults)
+        return self.machines.get(node, Machine.model_validate({})).merged(self.defaults)
 
     def backend(self, node: str) -> Backend:
         m = self.machine(node)

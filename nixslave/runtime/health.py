@@ -8,6 +8,7 @@ ping instead, which works the same for NixOS (qemu-ga) and containers.
 from __future__ import annotations
 
 import shlex
+import time
 from typing import Any
 
 from nixslave.errors import NixslaveError
@@ -17,7 +18,7 @@ from nixslave.runtime.agent import Control
 from nixslave.runtime.fleetfile import Fleet
 
 
-def reachable(ctl: Control, addresses: list[str], timeout: float = 30.0) -> set[str]:
+def reachable(ctl: Control, addresses: list[str], timeout: float = 90.0) -> set[str]:
     """The addresses that answer a ping from inside the guest (all in parallel).
 
     Up to three tries each, so a neighbour table still being filled does
@@ -36,9 +37,15 @@ def reachable(ctl: Control, addresses: list[str], timeout: float = 30.0) -> set[
     return set(r.stdout.decode().split()) & set(addresses)
 
 
-def ping_matrix(fleet: Fleet, state: dict[str, Any], *,
-                progress: Progress | None = None) -> dict[str, dict[str, bool]]:
-    """For each running node: every planned address of every other running node."""
+def ping_matrix(fleet: Fleet, state: dict[str, Any], *, rounds: int = 3,
+                progress: Progress | None = None,
+                errors: dict[str, str] | None = None) -> dict[str, dict[str, bool]]:
+    """For each running node: every planned address of every other running node.
+
+    Addresses that do not answer get ``rounds`` tries in all (a guest that
+    has just booted may still be filling its neighbour tables, a loaded host
+    may answer an agent late); the last error of a node is reported.
+    """
     from nixslave.runtime.control import open_control
 
     say = progress or (lambda _m: None)
@@ -47,12 +54,20 @@ def ping_matrix(fleet: Fleet, state: dict[str, Any], *,
     out: dict[str, dict[str, bool]] = {}
     for node in running:
         peers = [a for n in running if n != node for a in plan.peers(node).get(n, [])]
-        try:
-            with open_control(fleet.name, node, state) as ctl:
-                got = reachable(ctl, peers)
-        except NixslaveError as exc:
-            say(f"{node}: {exc.what}")
-            got = set()
+        got: set[str] = set()
+        for attempt in range(rounds):
+            missing = [a for a in peers if a not in got]
+            if not missing:
+                break
+            if attempt:
+                time.sleep(2)
+            try:
+                with open_control(fleet.name, node, state) as ctl:
+                    got |= reachable(ctl, missing)
+            except NixslaveError as exc:
+                say(f"{node}: {exc.what}")
+                if errors is not None:
+                    errors[node] = str(exc)
         out[node] = {a: a in got for a in peers}
         bad = [a for a, ok in out[node].items() if not ok]
         say(f"{node}: {len(peers) - len(bad)}/{len(peers)} peer addresses answer"

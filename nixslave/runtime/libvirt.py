@@ -37,6 +37,7 @@ import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -102,7 +103,7 @@ def base_port(name: str) -> int:
     return 20000 + int(short_id(str(fl.run_dir(name)), name), 16) % 4000 * 10
 
 
-def interfaces(plan: Plan, node: str, backends: dict[str, str], hosts: dict[str, str],
+def interfaces(plan: Plan, node: str, backends: Mapping[str, str], hosts: Mapping[str, str],
                port0: int) -> tuple[list[ET.Element], dict[str, dict[str, Any]]]:
     """The node's ``<interface>`` elements and the taps to put on bridges afterwards."""
     p2p_index = {nid: k for k, nid in enumerate(
@@ -176,9 +177,9 @@ def domain_xml(base_xml: str, *, name: str, overlay: Path, ifaces: list[ET.Eleme
         for tag, value in (("kernel", os.path.realpath(top / "kernel")),
                            ("initrd", os.path.realpath(top / "initrd")),
                            ("cmdline", next_boot["append"])):
-            el = os_el.find(tag) if os_el is not None else None
-            if el is not None:
-                el.text = value
+            found = os_el.find(tag) if os_el is not None else None
+            if found is not None:
+                found.text = value
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 

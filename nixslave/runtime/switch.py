@@ -31,7 +31,9 @@
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import subprocess
 import tarfile
 import time
 from contextlib import suppress
@@ -128,8 +130,65 @@ def copy_on_host(store: Path, root: rootmod.Root, *, container: bool, say: Progr
     return len(missing)
 
 
-def activate(ctl: Control, toplevel: str, *, demo: bool, timeout: float) -> tuple[bool, str]:
-    """``switch-to-configuration test``; (finished with 0, what it said)."""
+def _share_servers(info: dict[str, Any]) -> list[int]:
+    """The processes that serve a VM's share: qemu (9p) and its virtiofsd, if any."""
+    if info.get("domain"):
+        raise RunError("a libvirt domain's zero-copy share cannot grow online",
+                       where="switch", hint="change the fleet file and run nixslave up")
+    pids = [int(info["pid"])] if info.get("pid") else []
+    sock = f"--socket-path={info['dir']}/virtiofs"
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with suppress(OSError):
+                if sock in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+    return pids
+
+
+def add_to_views(pids: list[int], share: Path, root: rootmod.Root, say: Progress) -> int:
+    """Bind the new paths into the share as its servers see it.
+
+    A zero-copy share is a tmpfs of stubs with each closure path bound onto
+    one, in the serving process's own mount namespace
+    (:func:`nixslave.backends.storebind.closure_view`): nothing added on the
+    host shows there.  So the new paths are bound in that namespace the same
+    way, read-only, and the tmpfs is made read-only again.
+    """
+    copied = 0
+    for pid in pids:
+        view = Path(f"/proc/{pid}/root") / str(share).lstrip("/")
+        missing = [p for p in root.paths if not os.path.lexists(view / Path(p).name)]
+        if not missing:
+            continue
+        lines = ["set -e", f"t={shlex.quote(str(share))}",
+                 'mount -o remount,rw,nosuid,nodev "$t"']
+        for p in missing:
+            dst = f'"$t"/{shlex.quote(Path(p).name)}'
+            if os.path.islink(p):
+                lines.append(f"ln -s {shlex.quote(os.readlink(p))} {dst}")
+                continue
+            lines.append(f"mkdir {dst}" if os.path.isdir(p) else f": > {dst}")
+            lines += [f"mount --rbind {shlex.quote(p)} {dst}",
+                      f"mount -o remount,bind,ro {dst}"]
+        lines.append('mount -o remount,ro,nosuid,nodev "$t"')
+        say(f"binding {len(missing)} store paths into the share served by pid {pid}")
+        proc = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "sh", "-c",
+                               "\n".join(lines)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunError(f"cannot extend the shared store: {proc.stderr.strip()[-300:]}",
+                           where="switch", hint="see the node's qemu.stderr")
+        copied = max(copied, len(missing))
+    return copied
+
+
+def activate(ctl: Control, toplevel: str, *, demo: bool, timeout: float
+             ) -> tuple[bool | None, str]:
+    """``switch-to-configuration test``: (exit 0?, what it said).
+
+    None when the answer was lost: restarting qemu-guest-agent (a changed
+    unit) cuts its own guest-exec; whether the switch worked is then for
+    the health check to say.
+    """
     stc = f"{toplevel}/bin/switch-to-configuration"
     if demo:
         argv = [stc, "test"]
@@ -142,7 +201,7 @@ def activate(ctl: Control, toplevel: str, *, demo: bool, timeout: float) -> tupl
     try:
         r = ctl.run(argv, timeout=timeout)
     except NixslaveError as exc:
-        return False, exc.what
+        return None, exc.what
     said = (r.stdout + r.stderr).decode(errors="replace").strip()
     return r.exitcode == 0, said[-400:]
 
@@ -234,7 +293,9 @@ def switch(name: str, node: str, source: dict[str, Any], *, timeout: float = 60.
             peers = _peer_addresses(plan, state, node)
             before = reachable(ctl, peers) if peers else set()
             t0 = time.monotonic()
-            if art.share_dir is not None:
+            if art.share_dir is not None and art.extra.get("shareMethod") == "bind":
+                copied = add_to_views(_share_servers(info), art.share_dir, root, say)
+            elif art.share_dir is not None:
                 copied = copy_on_host(art.share_dir, root, container=False, say=say)
             elif container:
                 tree = Path(art.image).resolve() / "nix/store"
@@ -245,7 +306,7 @@ def switch(name: str, node: str, source: dict[str, Any], *, timeout: float = 60.
             say(f"activating {new}")
             deadline = time.monotonic() + timeout
             done, said = activate(ctl, new, demo=demo, timeout=timeout)
-            reason = confirm(ctl, new, own, before, deadline) if done else \
+            reason = confirm(ctl, new, own, before, deadline) if done is not False else \
                 f"switch-to-configuration failed: {said or 'no output'}"
             if reason is None:
                 _commit(name, node, info, art, spec, new)
@@ -266,7 +327,8 @@ def _rollback(name: str, node: str, ctl: Control, old: str | None, own: list[str
     """Back to ``old``: its own activation, or a restart when the guest is gone."""
     if old is not None:
         done, _said = activate(ctl, old, demo=is_demo(old), timeout=timeout)
-        if done and confirm(ctl, old, own, peers, time.monotonic() + timeout) is None:
+        if done is not False and confirm(ctl, old, own, peers,
+                                         time.monotonic() + timeout) is None:
             _set_current(name, node, {}, old)
             return "switched back"
     from nixslave.runtime import libvirt as lv
