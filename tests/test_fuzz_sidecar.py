@@ -46,7 +46,7 @@ near_sidecar = st.fixed_dictionaries(
               "extra": json_values,
               "bogus": json_values})
 
-FUZZ = settings(max_examples=2500, deadline=None,
+FUZZ = settings(max_examples=1000, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
