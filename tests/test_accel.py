@@ -83,14 +83,26 @@ def _probe(d: Path) -> tuple[accel.Accel, float]:
     return verdict, time.monotonic() - t
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie is gone too (nobody left to reap it here)
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+def _gone(pid: int, within: float = 3.0) -> bool:
+    """Whether ``pid`` has ended (a zombie counts: nobody here is left to reap it).
+
+    A process killed a moment ago may still be exiting, so this waits a little.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def test_control_a_guest_that_boots_is_kvm(fake) -> None:  # type: ignore[no-untyped-def]
