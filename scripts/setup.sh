@@ -13,7 +13,7 @@ nixslave_packages=(
     nix-bin busybox-static systemd-container extlinux syslinux-common mtools
     dosfstools e2fsprogs libvirt-clients vde2 iproute2 iputils-ping python3-venv
     graphviz fdisk zstd cpio procps libxml2-utils skopeo umoci podman runc
-    ovmf systemd-boot-efi binutils
+    ovmf systemd-boot-efi binutils initramfs-tools
     virt-v2v libvirt-daemon libvirt-daemon-driver-qemu cryptsetup-bin gdisk
     libvirt-daemon-system python3-libvirt qemu-guest-agent
 )
@@ -30,13 +30,6 @@ nixslave_install_packages() {
         _sudo apt-get update -qq
         _sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends "${missing[@]}" >&2
-    fi
-    # initramfs-tools only writes an initrd for the installed kernel on
-    # install; the demo system needs one for the newest kernel.
-    local kver
-    kver=$(ls /boot | sed -n 's/^vmlinuz-//p' | sort -V | tail -n1)
-    if [ -n "$kver" ] && [ ! -e "/boot/initrd.img-$kver" ]; then
-        _sudo update-initramfs -c -k "$kver" >&2
     fi
     # The supermin appliance needs a readable kernel.
     _sudo chmod 0644 /boot/vmlinuz-* 2>/dev/null || true

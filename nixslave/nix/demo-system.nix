@@ -2,14 +2,14 @@
 #
 # It stands in for a real NixOS toplevel so that every host-side path of
 # nixslave (closures, disks, boot, store layouts, networking) runs for real
-# on a machine that has Nix but no nixpkgs.  It is not NixOS: stage 1 is the
-# host's initramfs-tools initrd plus a small nixslave hook, stage 2 is a
-# busybox script.
+# on a machine that has Nix but no nixpkgs.  It is not NixOS: stage 1 is an
+# initramfs-tools initrd made from the host's kernel modules (nixslave's
+# demo.py makes it) plus a small nixslave hook, stage 2 is a busybox script.
 {
   name ? "demo",
   system ? builtins.currentSystem,
   kernelPath,                 # e.g. /boot/vmlinuz-6.1.0-56-amd64
-  initrdPath,                 # the matching initramfs-tools initrd
+  initrdPath,                 # an initramfs-tools initrd for that kernel
   modulesPath,                # /lib/modules/<version> of that kernel
   busyboxPath ? "/bin/busybox",
   networkScript ? "",         # rendered by nixslave.netconf for this node
@@ -112,22 +112,28 @@ let
     esac
   '';
 
-  # The host initrd followed by one more cpio archive; the kernel unpacks
-  # them in order, so the hook and its ORDER file land on top.
+  # The initramfs-tools initrd followed by one more cpio archive; the kernel
+  # unpacks them in order, so the hook, its ORDER file and two settings land
+  # on top: conf/conf.d/nixslave sets fastboot (no fsck: the host made the
+  # file system and checks it offline, and a boot must not mend what a test
+  # broke), and an empty conf/modules drops the RAID modules that mdadm's
+  # hook forces in; udev still loads each driver the hardware asks for.
   initrd = mkDerivation "initrd" ''
-    mkdir -p root/scripts/local-bottom root/nixslave/modules
+    mkdir -p root/scripts/local-bottom root/nixslave/modules root/conf/conf.d
     cp ${storeHook} root/scripts/local-bottom/nixslave
     chmod 0755 root/scripts/local-bottom/nixslave
     printf '%s\n' '/scripts/local-bottom/nixslave "$@"' \
       '[ -e /conf/param.conf ] && . /conf/param.conf' > root/scripts/local-bottom/ORDER
+    echo fastboot=y > root/conf/conf.d/nixslave
+    : > root/conf/modules
     for m in ${toString moduleFiles}; do cp $m root/nixslave/modules/''${m#*-}; done
     cd root
     find . -exec touch -h -d @1 {} +
     find . | sort | cpio -o -H newc -R 0:0 > ../extra.cpio
     cd ..
     # Each archive must start on a 4-byte boundary; zeros between archives
-    # are skipped, so pad the host initrd to 512 bytes.
-    host=${importFile "host-initrd" initrdPath}
+    # are skipped, so pad stage 1 to 512 bytes.
+    host=${importFile "stage1-initrd" initrdPath}
     size=$(stat -c %s $host)
     cat $host > $out
     head -c $(( (512 - size % 512) % 512 )) /dev/zero >> $out
