@@ -48,8 +48,10 @@ def host_boot_files() -> tuple[Path, Path]:
 MKINITRAMFS = "/usr/sbin/mkinitramfs"
 # The drivers of the machines nixslave starts: virtio, AHCI/IDE and e1000
 # for the VirtualBox disk, ext4 for the root.  The store file systems (9p,
-# virtiofs, erofs, squashfs) come from demo-system.nix's own cpio.
-STAGE1_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
+# virtiofs, erofs, squashfs) come from demo-system.nix's own cpio, and
+# virtio_console is loaded by stage 2, whose loading it is the agent's cue
+# (a container cannot load it, so it starts no agent).
+STAGE1_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi",
                   "ahci", "ata_piix", "ata_generic", "sd_mod", "e1000", "e1000e",
                   "ext4", "crc32c_generic")
 STAGE1_CONF = """MODULES=list

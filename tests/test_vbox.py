@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -35,6 +36,7 @@ from nixslave.backends.vbox import (
     VboxFormat,
     VboxOptions,
     ovf_descriptor,
+    pin_vmdk,
 )
 from nixslave.errors import BuildError
 from nixslave.netconf.wiring import virtualbox_nics
@@ -312,6 +314,38 @@ def test_builds_are_bit_for_bit_reproducible(ova: Artifact, vdi: Artifact, gw: B
         f.seek(0x188)
         uuids = f.read(32)
     assert uuids[:16] != bytes(16) and uuids[16:] != bytes(16)
+
+
+@pytest.mark.parametrize("printed", ["5d2c1e0", "0", "deadbeef"])
+def test_pinned_cid_keeps_the_descriptor_whole(tmp_path: Path, printed: str) -> None:
+    """Bug: the CID patched in place as eight characters.  qemu-img prints it
+    with %x, so one build in sixteen has a shorter CID, and the patch then
+    overwrote the newline (``CID=4542e9f6parentCID=ffffffff``): the VMDK
+    differed between builds and its descriptor lost parentCID.  Here qemu's
+    CID is replaced by one of each length before pinning."""
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(b"\1" * (1 << 20))
+    vmdk = tmp_path / "d.vmdk"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                    "subformat=streamOptimized", str(raw), str(vmdk)], check=True)
+    data = bytearray(vmdk.read_bytes())
+    offset, size = (n * 512 for n in struct.unpack_from("<QQ", data, 28))  # the descriptor
+    text = bytes(data[offset:offset + size]).split(b"\0", 1)[0]
+    text, n = re.subn(rb"(?m)^CID=[0-9a-f]+$", b"CID=" + printed.encode(), text)
+    assert n == 1
+    data[offset:offset + size] = text.ljust(size, b"\0")
+    vmdk.write_bytes(bytes(data))
+    pin_vmdk(vmdk, "4542e9f6")
+    text = vmdk.read_bytes()[offset:offset + size].split(b"\0", 1)[0].decode()
+    lines = text.splitlines()
+    assert "CID=4542e9f6" in lines and "parentCID=ffffffff" in lines, text
+    assert 'createType="streamOptimized"' in lines
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(vmdk)], check=True,
+                          capture_output=True, text=True)
+    assert json.loads(info.stdout)["format"] == "vmdk"
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vmdk", str(raw),
+                          str(vmdk)], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
 
 
 def test_vdi_is_the_same_disk_with_a_vboxmanage_script(vdi: Artifact,

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
+import struct
 import subprocess
 import tarfile
 from dataclasses import dataclass, replace
@@ -322,15 +324,31 @@ def pin_vdi(path: Path, image_uuid: str, snap_uuid: str) -> None:
 
 
 def pin_vmdk(path: Path, cid: str) -> None:
-    """Replace the random CID in a streamOptimized VMDK's embedded descriptor."""
+    """Replace the random CID in a streamOptimized VMDK's embedded descriptor.
+
+    qemu-img prints the CID with ``%x``, so one in sixteen has fewer than
+    eight digits: the whole line is rewritten and the descriptor re-padded
+    within its sectors (SparseExtentHeader: descriptorOffset at byte 28,
+    descriptorSize at byte 36, both in sectors), never patched in place.
+    """
+    if not re.fullmatch(r"[0-9a-f]{8}", cid):
+        raise ValueError(f"a VMDK CID is eight hex digits, not {cid!r}")
     with open(path, "r+b") as f:
-        head = f.read(64 * 1024)
-        pos = head.find(b"\nCID=")
-        if pos < 0 or len(cid) != 8:
+        header = f.read(44)
+        if len(header) < 44 or header[:4] != b"KDMV":
+            raise BuildError("qemu-img wrote no VMDK sparse header", where=str(path),
+                             hint="check qemu-utils")
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        f.seek(offset * 512)
+        region = f.read(size * 512)
+        text = region.split(b"\0", 1)[0]
+        new, n = re.subn(rb"^CID=[0-9a-fA-F]+$", b"CID=" + cid.encode(), text, count=1,
+                         flags=re.MULTILINE)
+        if n != 1 or len(new) > len(region):
             raise BuildError("no CID in the VMDK descriptor", where=str(path),
                              hint="check qemu-utils")
-        f.seek(pos + 5)
-        f.write(cid.encode())
+        f.seek(offset * 512)
+        f.write(new.ljust(len(region), b"\0"))
 
 
 def convert(raw: Path, target: Path, fmt: Literal["vdi", "vmdk"], *, ident: str) -> None:
