@@ -60,20 +60,29 @@ def _rmtree(d: Path) -> None:
     force_rmtree(d)
 
 
+def lock_held(lock: Path) -> bool:
+    """Whether a living process holds ``lock`` (an flock); OSError if it cannot be opened.
+
+    A shared probe, so that it never stands in the way of an owner taking
+    the lock exclusively at that moment.
+    """
+    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _stale(d: Path) -> bool:
     try:
-        fd = os.open(d / LOCK, os.O_RDWR | os.O_CLOEXEC)
+        return not lock_held(d / LOCK)
     except FileNotFoundError:
         return True  # killed before it could lock: nobody owns it
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def entries() -> list[tuple[Path, bool]]:

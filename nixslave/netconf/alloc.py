@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from typing import TYPE_CHECKING
 
 from .errors import TopologyError
+
+if TYPE_CHECKING:
+    from .validate import Layout, Net
+
+IPIf = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def h64(*parts: str) -> int:
@@ -183,3 +190,101 @@ def mac_for(topology: str, node: str, iface_key: str, salt: int = 0) -> str:
     )
     b[0] = (b[0] & 0xFC) | 0x02
     return ":".join(f"{x:02x}" for x in b)
+
+
+def assign_addresses(layout: Layout) -> dict[str, dict[str, list[IPIf]]]:
+    """Prefixes per network and addresses per interface (net -> node -> addrs)."""
+    topo = layout.topo
+    pools = topo.pools
+    pool4 = {"p2p": SubnetPool(pools.p2p4, "p2p4"), "lan": SubnetPool(pools.lan4, "lan4")}
+    pool6 = {"p2p": SubnetPool(pools.p2p6, "p2p6"), "lan": SubnetPool(pools.lan6, "lan6")}
+    for net in layout.nets.values():
+        if net.kind == "mgmt":
+            continue
+        for p in (net.prefix4, net.prefix6):
+            if p is not None:
+                for pool in (*pool4.values(), *pool6.values()):
+                    pool.block(p, net.where)
+    out: dict[str, dict[str, list[IPIf]]] = {}
+    # segments first, then links, each in declaration order (dict order)
+    ordered = [n for n in layout.nets.values() if n.kind != "p2p"] + [
+        n for n in layout.nets.values() if n.kind == "p2p"]
+    for net in ordered:
+        addrs: dict[str, list[IPIf]] = {m.node: [] for m in net.members}
+        out[net.id] = addrs
+        for fam, enabled in ((4, topo.ipv4), (6, topo.ipv6)):
+            if not enabled:
+                continue
+            prefix = net.prefix4 if fam == 4 else net.prefix6
+            if prefix is None:
+                if net.kind == "mgmt":
+                    continue
+                pool = (pool4 if fam == 4 else pool6)[net.kind]
+                prefix = pool.take(net.id, net.plen4 if fam == 4 else net.plen6, net.where)
+                if fam == 4:
+                    net.prefix4 = prefix  # type: ignore[assignment]
+                else:
+                    net.prefix6 = prefix  # type: ignore[assignment]
+            _host_addresses(layout, net, prefix, fam, addrs)
+    return out
+
+
+def _host_addresses(layout: Layout, net: Net, prefix: IPNet, fam: int,
+                    addrs: dict[str, list[IPIf]]) -> None:
+    slots = HostSlots(prefix)
+    for ip in net.reserved:  # the management gateway
+        if ip.version == fam:
+            slots.reserve(ip)
+    statics = {}
+    for m in net.members:
+        st = m.ipv4 if fam == 4 else m.ipv6
+        if st is not None:
+            slots.reserve(st.ip)
+            statics[m.node] = st
+    for m in net.members:
+        if m.node in statics:
+            addrs[m.node].append(statics[m.node])
+            continue
+        if net.kind == "p2p":
+            k = slots.take_seq(m.where)
+        else:
+            fixed = layout.topo.nodes[m.node].id
+            k = slots.take_hash(m.node, m.where, fixed)
+        addrs[m.node].append(slots.iface(k))
+
+
+def loopbacks(layout: Layout) -> dict[str, list[IPIf]]:
+    topo = layout.topo
+    out: dict[str, list[IPIf]] = {}
+    fams = [(4, topo.pools.loopback4)] if topo.ipv4 else []
+    if topo.ipv6:
+        fams.append((6, topo.pools.loopback6))
+    for _fam, pool in fams:
+        net = ipaddress.ip_network(pool)
+        slots = HostSlots(net)
+        for name, node in topo.nodes.items():
+            wants = node.loopback if node.loopback is not None else node.kind == "router"
+            if not wants:
+                continue
+            k = slots.take_hash(name, f"nodes.{name}", node.id)
+            ip = slots.iface(k).ip
+            out.setdefault(name, []).append(ipaddress.ip_interface((ip, net.max_prefixlen)))
+    return out
+
+
+def assign_macs(layout: Layout) -> dict[tuple[str, str], str]:
+    seen: set[str] = {m.mac for n in layout.nets.values() for m in n.members if m.mac}
+    out: dict[tuple[str, str], str] = {}
+    for net in layout.nets.values():
+        for m in net.members:
+            if m.mac:
+                out[(m.node, net.id)] = m.mac
+                continue
+            salt = 0
+            mac = mac_for(layout.topo.name, m.node, net.id)
+            while mac in seen:
+                salt += 1
+                mac = mac_for(layout.topo.name, m.node, net.id, salt)
+            seen.add(mac)
+            out[(m.node, net.id)] = mac
+    return out

@@ -14,16 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from .alloc import HostSlots, SubnetPool, h64, mac_for
+from .alloc import IPIf, IPNet, assign_addresses, assign_macs, h64, loopbacks
 from .errors import TopologyError
 from .model import Topology
-from .validate import Layout, Net, resolve
+from .validate import Layout, resolve
 
 if TYPE_CHECKING:  # networkx costs a tenth of a second to import; only graph users pay it
     import networkx as nx
 
-IPIf = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 Fmt = Callable[[Any], str]
 
@@ -362,104 +360,6 @@ def format_ip(x: Any) -> str:
     return str(x)
 
 
-def _assign(layout: Layout) -> dict[str, dict[str, list[IPIf]]]:
-    """Prefixes per network and addresses per interface (net -> node -> addrs)."""
-    topo = layout.topo
-    pools = topo.pools
-    pool4 = {"p2p": SubnetPool(pools.p2p4, "p2p4"), "lan": SubnetPool(pools.lan4, "lan4")}
-    pool6 = {"p2p": SubnetPool(pools.p2p6, "p2p6"), "lan": SubnetPool(pools.lan6, "lan6")}
-    for net in layout.nets.values():
-        if net.kind == "mgmt":
-            continue
-        for p in (net.prefix4, net.prefix6):
-            if p is not None:
-                for pool in (*pool4.values(), *pool6.values()):
-                    pool.block(p, net.where)
-    out: dict[str, dict[str, list[IPIf]]] = {}
-    # segments first, then links, each in declaration order (dict order)
-    ordered = [n for n in layout.nets.values() if n.kind != "p2p"] + [
-        n for n in layout.nets.values() if n.kind == "p2p"]
-    for net in ordered:
-        addrs: dict[str, list[IPIf]] = {m.node: [] for m in net.members}
-        out[net.id] = addrs
-        for fam, enabled in ((4, topo.ipv4), (6, topo.ipv6)):
-            if not enabled:
-                continue
-            prefix = net.prefix4 if fam == 4 else net.prefix6
-            if prefix is None:
-                if net.kind == "mgmt":
-                    continue
-                pool = (pool4 if fam == 4 else pool6)[net.kind]
-                prefix = pool.take(net.id, net.plen4 if fam == 4 else net.plen6, net.where)
-                if fam == 4:
-                    net.prefix4 = prefix  # type: ignore[assignment]
-                else:
-                    net.prefix6 = prefix  # type: ignore[assignment]
-            _host_addresses(layout, net, prefix, fam, addrs)
-    return out
-
-
-def _host_addresses(layout: Layout, net: Net, prefix: IPNet, fam: int,
-                    addrs: dict[str, list[IPIf]]) -> None:
-    slots = HostSlots(prefix)
-    for ip in net.reserved:  # the management gateway
-        if ip.version == fam:
-            slots.reserve(ip)
-    statics = {}
-    for m in net.members:
-        st = m.ipv4 if fam == 4 else m.ipv6
-        if st is not None:
-            slots.reserve(st.ip)
-            statics[m.node] = st
-    for m in net.members:
-        if m.node in statics:
-            addrs[m.node].append(statics[m.node])
-            continue
-        if net.kind == "p2p":
-            k = slots.take_seq(m.where)
-        else:
-            fixed = layout.topo.nodes[m.node].id
-            k = slots.take_hash(m.node, m.where, fixed)
-        addrs[m.node].append(slots.iface(k))
-
-
-def _loopbacks(layout: Layout) -> dict[str, list[IPIf]]:
-    topo = layout.topo
-    out: dict[str, list[IPIf]] = {}
-    fams = [(4, topo.pools.loopback4)] if topo.ipv4 else []
-    if topo.ipv6:
-        fams.append((6, topo.pools.loopback6))
-    for _fam, pool in fams:
-        net = ipaddress.ip_network(pool)
-        slots = HostSlots(net)
-        for name, node in topo.nodes.items():
-            wants = node.loopback if node.loopback is not None else node.kind == "router"
-            if not wants:
-                continue
-            k = slots.take_hash(name, f"nodes.{name}", node.id)
-            ip = slots.iface(k).ip
-            out.setdefault(name, []).append(ipaddress.ip_interface((ip, net.max_prefixlen)))
-    return out
-
-
-def _macs(layout: Layout) -> dict[tuple[str, str], str]:
-    seen: set[str] = {m.mac for n in layout.nets.values() for m in n.members if m.mac}
-    out: dict[tuple[str, str], str] = {}
-    for net in layout.nets.values():
-        for m in net.members:
-            if m.mac:
-                out[(m.node, net.id)] = m.mac
-                continue
-            salt = 0
-            mac = mac_for(layout.topo.name, m.node, net.id)
-            while mac in seen:
-                salt += 1
-                mac = mac_for(layout.topo.name, m.node, net.id, salt)
-            seen.add(mac)
-            out[(m.node, net.id)] = mac
-    return out
-
-
 def build_graph(layout: Layout) -> nx.MultiGraph:
     from .graph import graph_from_layout
 
@@ -508,9 +408,9 @@ def _plan(topology: Topology) -> Plan:
     from .routes import compute_routes
 
     layout = resolve(topology)
-    addrs = _assign(layout)
-    loops = _loopbacks(layout)
-    macs = _macs(layout)
+    addrs = assign_addresses(layout)
+    loops = loopbacks(layout)
+    macs = assign_macs(layout)
     nodes: dict[str, NodePlan] = {}
     for name, node in topology.nodes.items():
         ifaces = []

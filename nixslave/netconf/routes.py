@@ -54,8 +54,9 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from .alloc import IPNet
 from .errors import TopologyError
-from .plan import IPAddr, IPNet, Plan, Route
+from .plan import IPAddr, Plan, Route
 
 Hop = tuple[str, str]  # (router, network id): the neighbour and the network shared with it
 INF = 1 << 30

@@ -295,15 +295,7 @@ let
     # gets only the signals it has a handler for.
     trap 'say "NIXSLAVE-POWEROFF"; sync; poweroff -f' 37
     say "NIXSLAVE-BOOT-OK $top"
-    for peer in $(cat $top/etc/nixslave/peers); do
-      case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
-      ok=fail; i=0
-      while [ $i -lt 90 ]; do
-        if $p -c 1 -W 1 "$peer" > /dev/null 2>&1; then ok=ok; break; fi
-        i=$((i+1))
-      done
-      say "NIXSLAVE-PING $peer $ok"
-    done
+    ${pingPeersFor 90}
     say "NIXSLAVE-PINGS-DONE"
     sync
     if [ ${if halt then "1" else "0"} = 1 ]; then poweroff -f; fi
@@ -314,6 +306,21 @@ let
       else
         sleep 1
       fi
+    done
+  '';
+
+  # Shell that pings each of the system's peers (up to `tries` one-second
+  # tries each) and reports every result on the console; boot and switch
+  # both run it, with $top set to the system.
+  pingPeersFor = tries: ''
+    for peer in $(cat $top/etc/nixslave/peers); do
+      case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
+      ok=fail; i=0
+      while [ $i -lt ${toString tries} ]; do
+        if $p -c 1 -W 1 "$peer" > /dev/null 2>&1; then ok=ok; break; fi
+        i=$((i+1))
+      done
+      say "NIXSLAVE-PING $peer $ok"
     done
   '';
 
@@ -332,15 +339,7 @@ let
         hostname "$(cat $top/etc/hostname)"
         rc=0
         sh $top/etc/nixslave/network.sh > /dev/console 2>&1 || { say "NIXSLAVE-NETWORK-FAILED"; rc=4; }
-        for peer in $(cat $top/etc/nixslave/peers); do
-          case "$peer" in *:*) p=ping6 ;; *) p=ping ;; esac
-          ok=fail; i=0
-          while [ $i -lt 5 ]; do
-            if $p -c 1 -W 1 "$peer" > /dev/null 2>&1; then ok=ok; break; fi
-            i=$((i+1))
-          done
-          say "NIXSLAVE-PING $peer $ok"
-        done
+        ${pingPeersFor 5}
         say "NIXSLAVE-SWITCH-OK $top"
         exit $rc ;;
       *) echo "switch-to-configuration: '$1' is done by the host (nixslave switch)" >&2

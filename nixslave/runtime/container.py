@@ -33,7 +33,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ from nixslave import nixos
 from nixslave.backends import Artifact, publish
 from nixslave.errors import RunError
 from nixslave.netconf.wiring import short_id
+from nixslave.runtime.console import ConsoleProcess
 from nixslave.runtime.launch import PING_RE, PINGS_DONE
 from nixslave.runtime.run import _die_with_parent
 from nixslave.spec import check_name
@@ -79,8 +79,12 @@ def _bridges_of(artifact: Artifact) -> dict[str, list[str]]:
     return out
 
 
-class Container:
+class Container(ConsoleProcess):
     """One running systemd-nspawn container of an nspawn artifact."""
+
+    program = "systemd-nspawn"
+    stderr_name = "nspawn.stderr"
+    poll_seconds = 0.1
 
     def __init__(self, artifact: Artifact, rundir: Path | None = None, *,
                  netns: Path | None = None, switch_netns: Path | None = None,
@@ -108,8 +112,12 @@ class Container:
         self._echo_pos = 0
 
     @property
-    def console_log(self) -> Path:
-        return self.rundir / "console.log"
+    def name(self) -> str:
+        return self.artifact.name
+
+    @property
+    def where(self) -> str:
+        return f"container {self.artifact.name}"
 
     def argv(self) -> list[str]:
         """The command line; the program and the network come from the .nspawn file."""
@@ -163,59 +171,13 @@ class Container:
             raise
         return self
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.console_log.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _echo_new(self, text: str) -> None:
-        if self.echo and len(text) > self._echo_pos:
-            for line in text[self._echo_pos:].splitlines(keepends=True):
-                sys.stderr.write(f"[{self.artifact.name}] {line}")
-            self._echo_pos = len(text)
-
-    def _exit_reason(self) -> str:
-        code = self.proc.returncode if self.proc else None
-        try:
-            err = (self.rundir / "nspawn.stderr").read_text(errors="replace").strip()
-        except OSError:
-            err = ""
-        last = err.splitlines()[-1] if err else ""
-        return f"code {code}" + (f": {last}" if last else "")
-
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """Wait until the console shows ``pattern`` (a regex)."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.output()
-            self._echo_new(text)
-            m = rx.search(text)
-            if m:
-                return m
-            if not self.alive():
-                raise RunError(f"systemd-nspawn exited ({self._exit_reason()}) before "
-                               f"{pattern!r}", where=f"container {self.artifact.name}",
-                               hint=f"see {self.console_log} and {self.rundir}/nspawn.stderr")
-            if time.monotonic() > deadline:
-                tail = " | ".join(text.strip().splitlines()[-3:])
-                raise RunError(f"no {pattern!r} within {timeout:.0f}s; console ends: {tail}",
-                               where=f"container {self.artifact.name}",
-                               hint=f"see {self.console_log}")
-            time.sleep(0.1)
+        return self._wait_for(pattern, timeout)
 
     def wait_boot(self, toplevel: str | None = None, timeout: float = 60.0) -> str:
         """Wait for the boot marker; returns the toplevel the container reported."""
-        booted = self.wait_for(rf"{BOOT_MARKER} (/nix/store/\S+)", timeout).group(1)
-        expected = toplevel or self.artifact.toplevel
-        if booted != expected:
-            raise RunError(f"booted {booted}, expected {expected}",
-                           where=f"container {self.artifact.name}", hint="the image is stale")
-        return booted
+        return self._wait_boot(toplevel or self.artifact.toplevel, timeout)
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         """Wait for the container to end by itself (the demo powers off)."""

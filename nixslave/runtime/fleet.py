@@ -374,18 +374,10 @@ def describe(fleet: Fleet, plan: Plan, built: dict[str, Built], *,
 
 def supervisor_alive(name: str) -> bool:
     """The supervisor holds its run dir's lock for as long as it lives."""
-    lock = run_dir(name) / LOCK
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        return rundir.lock_held(run_dir(name) / LOCK)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def request(name: str, message: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
@@ -451,7 +443,8 @@ def status(name: str) -> dict[str, Any]:
     """The supervisor's view, or the last state it wrote (nodes then 'lost')."""
     if supervisor_alive(name):
         with contextlib.suppress(RunError):
-            return request(name, {"op": "status"}, timeout=30)["state"]
+            live: dict[str, Any] = request(name, {"op": "status"}, timeout=30)["state"]
+            return live
     state = read_state(name)
     if state is None:
         raise RunError("the fleet is not running", where=f"fleet {name}",
@@ -488,7 +481,7 @@ def wait_markers(name: str, nodes: list[str], timeout: float,
     deadline = time.monotonic() + timeout
     pending = set(nodes)
     while True:
-        state = request(name, {"op": "status"}, timeout=60)["state"]
+        state: dict[str, Any] = request(name, {"op": "status"}, timeout=60)["state"]
         for n in sorted(pending):
             node = state["nodes"].get(n, {})
             if node.get("booted"):

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from nixslave.backends import Artifact, storebind
 from nixslave.errors import RunError
 from nixslave.nixos import STORE_TAG
 from nixslave.runtime import accel
+from nixslave.runtime.console import ConsoleProcess
 
 BOOT_MARKER = nixos.BOOT_MARKER  # the same line from the demo init and the NixOS unit
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
@@ -161,8 +161,12 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
-class VM:
+class VM(ConsoleProcess):
     """One running qemu guest."""
+
+    program = "qemu"
+    stderr_name = "qemu.stderr"
+    timeout_hint = "; raise the timeout under TCG"
 
     def __init__(self, config: VMConfig, rundir: Path | None = None, *,
                  echo: bool = False) -> None:
@@ -175,8 +179,12 @@ class VM:
         self._echo_pos = 0
 
     @property
-    def console_log(self) -> Path:
-        return self.rundir / "console.log"
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def where(self) -> str:
+        return f"vm {self.config.name}"
 
     def start(self) -> VM:
         acc = accel.detect()
@@ -228,59 +236,13 @@ class VM:
                                    hint=f"see {self.rundir}/virtiofsd{i}.log")
                 time.sleep(0.05)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.console_log.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _echo_new(self, text: str) -> None:
-        if self.echo and len(text) > self._echo_pos:
-            for line in text[self._echo_pos:].splitlines(keepends=True):
-                sys.stderr.write(f"[{self.config.name}] {line}")
-            self._echo_pos = len(text)
-
     def wait_for(self, pattern: str, timeout: float = 180.0) -> re.Match[str]:
         """Wait until the console shows ``pattern`` (a regex)."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.output()
-            self._echo_new(text)
-            m = rx.search(text)
-            if m:
-                return m
-            if not self.alive():
-                raise RunError(f"qemu exited ({self._exit_reason()}) before {pattern!r}",
-                               where=f"vm {self.config.name}",
-                               hint=f"see {self.console_log} and {self.rundir}/qemu.stderr")
-            if time.monotonic() > deadline:
-                tail = " | ".join(text.strip().splitlines()[-3:])
-                raise RunError(f"no {pattern!r} within {timeout:.0f}s; console ends: {tail}",
-                               where=f"vm {self.config.name}",
-                               hint=f"see {self.console_log}; raise the timeout under TCG")
-            time.sleep(0.2)
-
-    def _exit_reason(self) -> str:
-        code = self.proc.returncode if self.proc else None
-        try:
-            err = (self.rundir / "qemu.stderr").read_text(errors="replace").strip()
-        except OSError:
-            err = ""
-        last = err.splitlines()[-1] if err else ""
-        return f"code {code}" + (f": {last}" if last else "")
+        return self._wait_for(pattern, timeout)
 
     def wait_boot(self, toplevel: str | None = None, timeout: float = 180.0) -> str:
         """Wait for the boot marker; returns the toplevel the guest reported."""
-        m = self.wait_for(rf"{BOOT_MARKER} (/nix/store/\S+)", timeout)
-        booted = m.group(1)
-        if toplevel is not None and booted != toplevel:
-            raise RunError(f"booted {booted}, expected {toplevel}",
-                           where=f"vm {self.config.name}", hint="the image is stale")
-        return booted
+        return self._wait_boot(toplevel, timeout)
 
     def send_console(self, line: str) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
