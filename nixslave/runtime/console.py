@@ -10,13 +10,14 @@ import re
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from nixslave.errors import RunError
 from nixslave.nixos import BOOT_MARKER
 
 
-class ConsoleProcess:
+class ConsoleProcess(ABC):
     """A supervised process whose console goes to ``<rundir>/console.log``.
 
     Subclasses set the process, the run directory and how they are named in
@@ -34,12 +35,14 @@ class ConsoleProcess:
     _echo_pos: int
 
     @property
+    @abstractmethod
     def name(self) -> str:
-        raise NotImplementedError
+        """The guest's name, which prefixes each echoed console line."""
 
     @property
+    @abstractmethod
     def where(self) -> str:
-        raise NotImplementedError
+        """Where errors say they happened: ``vm NAME`` or ``container NAME``."""
 
     @property
     def console_log(self) -> Path:
