@@ -75,7 +75,7 @@ def _cache_dir() -> Path:
     return d
 
 
-def stage1_initrd(modules: Path) -> Path:
+def stage1_initrd(modules: Path, cache: Path | None = None) -> Path:
     """An initramfs-tools initrd with just :data:`STAGE1_MODULES`, made once per kernel.
 
     The host's own initrd is MODULES=most, three times the size: unpacking
@@ -90,7 +90,7 @@ def stage1_initrd(modules: Path) -> Path:
     stamp = f"{dep.stat().st_mtime_ns}" if dep.exists() else ""
     key = hashlib.sha256("\0".join((version, stamp, STAGE1_CONF, *STAGE1_MODULES))
                          .encode()).hexdigest()[:16]
-    cached = _cache_dir() / f"stage1-{version}-{key}.img"
+    cached = (cache or _cache_dir()) / f"stage1-{version}-{key}.img"
     if cached.exists():
         return cached
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".stage1-") as tmp:
